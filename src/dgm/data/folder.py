@@ -1,0 +1,122 @@
+"""``folder:PATH``: any folder of PNG/JPEG/BMP/WEBP images as an in-memory dataset."""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from dgm.data.base import DataError, ImageData
+from dgm.data.catalog import register_dataset
+
+FORMATS = {"PNG", "JPEG", "BMP", "WEBP"}
+DEFAULT_SIZE = 64
+# What PIL raises on unreadable, truncated or hostile files; anything else is a bug and should surface.
+_READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
+def _files(folder: Path) -> list[Path]:
+    """All non-hidden files below ``folder``, in a deterministic order."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # skips .git, .ipynb_checkpoints, ...
+        out.extend(Path(dirpath) / f for f in filenames if not f.startswith("."))
+    return sorted(out)
+
+
+def _subdirs(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+        if folder.is_dir() else []
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in ("I", "I;16", "I;16B", "I;16L"):
+        # 16-bit grayscale: PIL's own convert would clip at 255 instead of rescaling.
+        a = np.asarray(im, dtype=np.float64) / 257.0
+        im = Image.fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8), "L")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        # Transparent pixels become white, the usual choice for sprite/icon sets.
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def _read(path: Path, size: int) -> np.ndarray:
+    """One image as uint8 ``(size, size, 3)``: shorter side resized to ``size`` (antialiased), centre-cropped."""
+    with Image.open(path) as im:
+        if im.format not in FORMATS:
+            raise ValueError(f"unsupported format {im.format}")
+        im.load()  # decodes now, so a truncated file fails here rather than half-read
+        im = _to_rgb(ImageOps.exif_transpose(im))
+    w, h = im.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    if (nw, nh) != (w, h):
+        im = im.resize((nw, nh), Image.Resampling.BILINEAR)  # PIL widens the filter when shrinking
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return np.asarray(im.crop((left, top, left + size, top + size)))
+
+
+@register_dataset("folder")
+def load_folder(split, data_dir, image_size, download, *, path: str) -> ImageData:
+    """Every image below ``path`` (recursive), resized to ``image_size`` (default 64) and centre-cropped.
+
+    Labels: when the folder has subfolders, each is a class (sorted names, ``class_names``); files
+    lying beside the class folders are skipped. Without subfolders labels are None.
+    Split: when ``path`` holds ``train/`` and ``test/`` folders, ``split`` picks one (classes are the
+    union of their subfolders); otherwise the whole folder is returned for both splits.
+    Channels: 1 when every image is grayscale (R = G = B after conversion), else 3 (RGB); RGBA and
+    palette images are converted, transparency composited onto white.
+    Unreadable files (not an image, truncated) are skipped with one warning counting them.
+    ``data_dir`` and ``download`` are unused; a relative ``path`` is relative to the working directory.
+    """
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise DataError(f"folder:{path}: not a directory")
+    size = image_size or DEFAULT_SIZE
+    base = root
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        base = root / split
+        classes = sorted(set(_subdirs(root / "train")) | set(_subdirs(root / "test")))
+    else:
+        classes = _subdirs(root)
+
+    candidates: list[tuple[Path, int]] = []
+    outside = 0
+    if classes:
+        for i, c in enumerate(classes):
+            candidates.extend((f, i) for f in _files(base / c))  # a class absent from this split adds nothing
+        outside = sum(1 for p in base.iterdir() if p.is_file() and not p.name.startswith("."))
+    else:
+        candidates = [(f, -1) for f in _files(base)]
+
+    arrays, labels, bad = [], [], []
+    for f, label in candidates:
+        try:
+            arrays.append(_read(f, size))
+        except _READ_ERRORS:
+            bad.append(f.name)
+            continue
+        labels.append(label)
+    if bad or outside:
+        parts = []
+        if bad:
+            parts.append(f"{len(bad)} file(s) that are not readable PNG/JPEG/BMP/WEBP images "
+                         f"(e.g. {', '.join(bad[:3])})")
+        if outside:
+            parts.append(f"{outside} file(s) outside the class subfolders")
+        warnings.warn(f"folder:{root}: skipped {' and '.join(parts)}", stacklevel=3)
+    if not arrays:
+        raise DataError(f"folder:{root}: no readable images (PNG/JPEG/BMP/WEBP) found in {base}")
+
+    x = np.stack(arrays)  # (N, size, size, 3)
+    gray = bool(np.all(x[..., 0] == x[..., 1]) and np.all(x[..., 1] == x[..., 2]))
+    x = x[..., :1] if gray else x
+    images = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    y = torch.tensor(labels, dtype=torch.int64) if classes else None
+    return ImageData(images, y, f"folder:{root.resolve()}", len(classes) if classes else None,
+                     class_names=classes or None)

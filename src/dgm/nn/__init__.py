@@ -1,0 +1,1 @@
+"""Shared building blocks (no family logic here)."""
