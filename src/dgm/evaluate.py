@@ -16,6 +16,18 @@ from dgm.data import ImageData, binarize, to_float
 from dgm.io import load, read_config, write_json
 
 METRICS: dict[str, tuple[Callable, Callable, bool]] = {}
+# Modules that register more metrics, imported when metrics are first needed (a module not written yet is absent).
+_PLUGINS = ("dgm.metrics.sample_quality", "dgm.models.diffusion", "dgm.metrics.disentanglement")
+
+
+def _import_plugins() -> None:
+    import importlib
+    for mod in _PLUGINS:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
 
 
 def metric(name: str, applies: Callable = lambda m: True, default: bool = True):
@@ -36,6 +48,7 @@ class EvalContext:
     data_dir: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     _cache: dict[str, ImageData] = field(default_factory=dict)
+    memo: dict[str, Any] = field(default_factory=dict)  # things metrics share in one call (e.g. generated samples)
 
     def data(self, split: str) -> ImageData:
         if split not in self._cache:
@@ -116,12 +129,19 @@ def _cluster(model, ctx):
                                  "protocol": "logistic regression on latent means"}}
 
 
+@metric("translation", applies=lambda m: hasattr(m, "translate"))
+def _translation(model, ctx):
+    from dgm.metrics.translation import translation_metric  # label preservation both ways + domain FID
+    return translation_metric(model, ctx)
+
+
 def evaluate(run_dir, metrics: list[str] | None = None, n: int = 10_000, seed: int = 0, data_dir=None,
              device: str = "cpu", options: dict[str, Any] | None = None, model=None) -> dict[str, Any]:
     """Run the named (or default applicable) metrics on a run and merge the results into its eval.json."""
     run_dir = Path(run_dir)
     model = model if model is not None else load(run_dir, device)
     ctx = EvalContext(run_dir, read_config(run_dir), n=n, seed=seed, data_dir=data_dir, options=options or {})
+    _import_plugins()
     if metrics:
         unknown = [m for m in metrics if m not in METRICS]
         if unknown:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import typing
 from pathlib import Path
@@ -95,12 +96,24 @@ def train(family: str, data: str = "digits", *, steps: int = 0, epochs: float = 
             train_kw["epochs"] = epochs
     ds = load_data(data, "train", data_dir, image_size)
     c, h, _ = ds.shape
-    model_kw = {**model_kw, "channels": c, "image_size": h, "num_classes": ds.num_classes or 0}
+    # A dataset may fix more model fields than (channels, size, classes), e.g. unpaired data: B's channels.
+    fields = ds.model_fields() if hasattr(ds, "model_fields") else {
+        "channels": c, "image_size": h, "num_classes": ds.num_classes or 0}
+    extra_fields = sorted(set(fields) - {f.name for f in dataclasses.fields(cls.Config)})
+    if extra_fields:
+        raise UsageError(f"dataset {data!r} needs a model with {', '.join(extra_fields)} "
+                         f"(e.g. cyclegan for unpaired data); {family} has none")
+    model_kw = {**model_kw, **fields}
     try:
         model = cls(config_from_dict(cls.Config, model_kw))
         tcfg = config_from_dict(TrainConfig, train_kw)
     except (TypeError, ValueError) as e:
         raise UsageError(str(e)) from None
+    # e.g. fetch a frozen helper network; resume restores it instead. Only a `prepare(data, data_dir=...)` hook:
+    # the VAE's own `prepare(x)` (batch binarisation) shares the name.
+    prep = getattr(model, "prepare", None)
+    if prep is not None and not resume and "data_dir" in inspect.signature(prep).parameters:
+        model.prepare(ds, data_dir=data_dir)
     extra = {"data": {"name": data, "image_size": h, "data_dir": str(data_dir) if data_dir else None}}
     trainer = Trainer(model, ds, tcfg, out, extra_config=extra, progress=progress)
     trainer.fit(resume=resume, stop_at=stop_at)
@@ -193,6 +206,8 @@ def write_figures(run_dir, model=None, data: ImageData | None = None) -> list[Pa
         out.append(write_reconstructions(model, data, run_dir / "reconstructions.png"))
     if hasattr(model, "encode") and hasattr(model, "decode"):
         out.append(write_latent(model, data, run_dir / "latent.png"))
+        from dgm.traversal import write_traversal  # one row per latent dimension (beta-VAE's figure)
+        out += write_traversal(model, run_dir / "traversal.png", data)
     if hasattr(model, "decode"):
         out.append(write_interpolation(model, run_dir / "interpolation.png", data))
     if hasattr(model, "figures"):
@@ -201,3 +216,50 @@ def write_figures(run_dir, model=None, data: ImageData | None = None) -> list[Pa
     if p:
         out.append(p)
     return out
+
+
+# -- translation (CycleGAN) ---------------------------------------------------------------------------------------
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def translate_paths(run_dir, inputs: list[str], out, direction: str = "AtoB", device: str = "cpu") -> list[Path]:
+    """`dgm translate`: image files and/or folders (recursive) -> translated PNGs at the model's size.
+
+    One input file and an `out` ending in an image suffix: that file. Otherwise `out` is a folder; each result keeps
+    its path relative to the folder it was found in (or its file name), with a .png suffix.
+    """
+    from dgm.data.folder import _READ_ERRORS, _files, _read
+    model = load(run_dir, device)
+    if not hasattr(model, "translate"):
+        raise UsageError(f"a {model.family} model cannot translate images (train a cyclegan)")
+    jobs: list[tuple[Path, Path]] = []  # (input file, output path relative to out)
+    for s in inputs:
+        p = Path(s).expanduser()
+        if p.is_dir():
+            jobs += [(f, f.relative_to(p).with_suffix(".png")) for f in _files(p) if f.suffix.lower() in IMAGE_SUFFIXES]
+        elif p.is_file():
+            jobs.append((p, Path(p.stem + ".png")))
+        else:
+            raise UsageError(f"input not found: {s}")
+    if not jobs:
+        raise UsageError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {', '.join(inputs)}")
+    out = Path(out)
+    single = len(jobs) == 1 and out.suffix.lower() in IMAGE_SUFFIXES
+    c = model.config
+    cin = c.channels if direction == "AtoB" else (c.channels_b or c.channels)
+    written = []
+    for f, rel in jobs:
+        try:
+            arr = _read(f, c.image_size)  # (S, S, 3) uint8: shorter side resized to the model's size, centre crop
+        except _READ_ERRORS as e:
+            raise UsageError(f"{f}: not a readable PNG/JPEG/BMP/WEBP image ({e})") from None
+        x = torch.from_numpy(np.array(arr)).permute(2, 0, 1)[None].float() / 255.0
+        if cin == 1:
+            x = x.mean(1, keepdim=True)
+        y = model.translate(x, direction)[0]
+        dest = out if single else out / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        from dgm.viz import to_pil
+        to_pil(y).save(dest)
+        written.append(dest)
+    return written

@@ -90,6 +90,9 @@ class Trainer:
             raise ValueError(f"optimizer must be 'adam' or 'adamw', got {c.optimizer!r}")
         torch.manual_seed(c.seed)
         self.model = model.to(self.device)
+        if self.world > 1:  # every process starts from rank 0's weights, as DistributedDataParallel does
+            for t in list(model.parameters()) + list(model.buffers()):
+                dist.broadcast(t.data, 0)
         self.data = data
         make = getattr(data, "batches", None)  # a dataset may bring its own iterator (e.g. unpaired domains)
         self.batches = (make(c.batch_size, seed=c.seed, rank=self.rank, world_size=self.world) if make
@@ -202,9 +205,10 @@ class Trainer:
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "samples").mkdir(exist_ok=True)
-            save(self.eval_model, self.out, extra={"train": dataclasses.asdict(c), **self.extra})
-        if resume:
+        if resume:  # before the save below, so a resumed run never has freshly initialised weights on disk
             self.load_checkpoint()
+        if self.rank == 0:
+            save(self.eval_model, self.out, extra={"train": dataclasses.asdict(c), **self.extra})
         sample_every = c.sample_every or max(1, self.total // 8)
         fixed = self.to_device(self.batches.get(0))  # same preview inputs throughout
         log_f = open(self.out / "metrics.jsonl", "a") if self.rank == 0 else None

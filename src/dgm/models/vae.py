@@ -144,3 +144,21 @@ class VAE(GenerativeModel):
             log_qz = gaussian_log_prob(z, mu.unsqueeze(0), logvar.unsqueeze(0))
             parts.append(torch.logsumexp(log_px + log_pz - log_qz, dim=0))  # (B,)
         return -(torch.logsumexp(torch.stack(parts), dim=0) - math.log(k))
+
+
+@dataclass
+class BetaVAEConfig(VAEConfig):
+    """beta-VAE defaults for 64x64 binary sprites (Higgins et al. 2017, sec. 4 and appendix A.1: 10 latents, beta = 4,
+    conv 32-32-64-64 with stride 2, a 256-unit layer). dSprites pixels are already 0/1, so no binarisation."""
+    latent_dim: int = 10
+    conv_channels: tuple[int, ...] = (32, 32, 64, 64)
+    binarize: bool = False
+    beta: float = 4.0
+
+
+@register("beta-vae")
+class BetaVAE(VAE):
+    """`dgm train beta-vae --data dsprites`: the VAE with beta > 1 (or, with capacity_max > 0, Burgess et al.'s
+    gamma * |KL - C| objective, C annealed linearly over capacity_steps)."""
+    Config = BetaVAEConfig
+    train_defaults = {"lr": 5e-4, "batch_size": 64}

@@ -1,0 +1,126 @@
+"""CycleGAN MNIST <-> USPS at 28x28: label preservation both ways, plain and with CyCADA's semantic loss.
+
+    OMP_NUM_THREADS=1 python benchmarks/cyclegan.py [--data-dir DIR] [--steps 1500] [--batch-size 16]
+
+Protocol (docs/EVALUATION.md, "Translation"): USPS is resized 16 -> 28 (bilinear). Each direction's translations of
+the full source test set (MNIST 10,000 / USPS 2,007) are classified by a classifier trained only on the target's
+training split (dgm.models.classifier, cached); beside them the source-only baseline (that classifier on the raw
+source test images) and the target ceiling (on the target's test split), plus the domain FID (classifier features,
+not Inception). Two runs from the same seed: plain CycleGAN and CycleGAN + semantic consistency (f_S = the MNIST
+classifier, pseudo-labels, Hoffman et al. 2018). A small generator (width 16, 3 residual blocks) keeps the whole
+job near an hour on one CPU thread. Writes benchmarks/results/cyclegan.{json,md} and translation panels.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from dgm.evaluate import evaluate
+from dgm.models.cyclegan import domain_classifier
+from dgm.tasks import train
+
+HERE = Path(__file__).resolve().parent
+PUBLISHED = {"A2B": {"source_only": 0.822, "cycada": 0.956, "ceiling": 0.963}}  # CyCADA Table 2 (not re-checked)
+
+
+def wait_for_classifier(name: str, cache: Path, limit_s: float = 1800) -> None:
+    """Another job may be training this classifier into the shared cache right now: wait for it, never race it."""
+    d = cache / name
+    t0 = time.time()
+    while (d / "metrics.jsonl").is_file() and not (d / "classifier.json").is_file():
+        if time.time() - (d / "metrics.jsonl").stat().st_mtime > 300 or time.time() - t0 > limit_s:
+            return  # abandoned or too slow: train it ourselves
+        print(f"waiting for {d} (being trained by another job) ...", flush=True)
+        time.sleep(30)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir")
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--gen-width", type=int, default=16)
+    ap.add_argument("--gen-blocks", type=int, default=3)
+    ap.add_argument("--disc-width", type=int, default=32)
+    ap.add_argument("--semantic-weight", type=float, default=1.0)
+    ap.add_argument("--n", type=int, default=10_000, help="source test images per direction (default: all)")
+    ap.add_argument("--runs", default="runs/bench_cyclegan")
+    ap.add_argument("--out", default=str(HERE / "results" / "cyclegan"))
+    ap.add_argument("--dry", action="store_true", help="a seconds-long check of the script (tiny, meaningless)")
+    a = ap.parse_args()
+    t_all = time.perf_counter()
+    from dgm.models.classifier import cache_root, train_classifier
+    if a.dry:  # stand-in classifiers in a private cache so the real ones are never touched
+        import os
+        os.environ["DGM_DATA"] = str(Path(a.runs) / "cache")
+        for name, size in (("mnist", None), ("usps", 28)):
+            train_classifier(name, data_dir=a.data_dir, image_size=size, epochs=0.02, progress=False)
+    t0 = time.perf_counter()
+    clf_u = domain_classifier("usps", 28, a.data_dir)  # USPS resized to 28 px: trained here on first use
+    t_clf = time.perf_counter() - t0
+    print(f"classifier usps@28: {clf_u.test_accuracy:.4f} ({t_clf:.0f} s)", flush=True)
+    clf_m = None
+
+    common = {"gen_width": a.gen_width, "gen_blocks": a.gen_blocks, "disc_width": a.disc_width,
+              "batch_size": a.batch_size, "log_every": 50, "seed": 0}
+    results = {}
+    for variant, w in (("plain", 0.0), ("semantic", a.semantic_weight)):
+        run = Path(a.runs) / variant
+        if run.exists():
+            shutil.rmtree(run)
+        t0 = time.perf_counter()
+        train("cyclegan", "unpaired:mnist,usps", steps=a.steps, out=run, overrides={**common, "semantic_weight": w},
+              data_dir=a.data_dir, image_size=28, progress=False)
+        t_train = time.perf_counter() - t0
+        if clf_m is None:  # the MNIST classifier (native 28 px) may still be in training by the classifiers job
+            t0 = time.perf_counter()
+            wait_for_classifier("mnist", cache_root())
+            clf_m = domain_classifier("mnist", 28, a.data_dir)
+            t_clf += time.perf_counter() - t0
+            print(f"classifier mnist: {clf_m.test_accuracy:.4f}", flush=True)
+        t0 = time.perf_counter()
+        ev = evaluate(run, ["translation"], n=a.n, data_dir=a.data_dir)
+        t_eval = time.perf_counter() - t0
+        rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+        ips = sorted(r["img_per_s"] for r in rows[1:] or rows)
+        results[variant] = {"semantic_weight": w, "train_seconds": round(t_train, 1), "eval_seconds": round(t_eval, 1),
+                            "pairs_per_s": round(a.steps * a.batch_size / t_train, 2),
+                            "trainer_img_per_s_median": round(ips[len(ips) // 2], 2),
+                            **{k: round(v["value"], 4) for k, v in ev.items()}}
+        panel = run / "translations.png"
+        if panel.is_file():
+            shutil.copy(panel, f"{a.out}_{variant}_panel.png")
+        print(variant, json.dumps(results[variant]), flush=True)
+
+    p, s = results["plain"], results["semantic"]
+    lines = ["| direction | source only | CycleGAN | CycleGAN + semantic | target ceiling | domain FID plain / semantic |",
+             "|---|---|---|---|---|---|"]
+    for key, name in (("A2B", "MNIST -> USPS"), ("B2A", "USPS -> MNIST")):
+        lines.append(f"| {name} | {p[f'label_acc_{key}_source_only']:.2%} | {p[f'label_acc_{key}']:.2%} | "
+                     f"{s[f'label_acc_{key}']:.2%} | {p[f'label_acc_{key}_ceiling']:.2%} | "
+                     f"{p[f'domain_fid_{key}']:.2f} / {s[f'domain_fid_{key}']:.2f} |")
+    pub = PUBLISHED["A2B"]
+    lines.append(f"| MNIST -> USPS, CyCADA (published) | {pub['source_only']:.1%} | - | {pub['cycada']:.1%} | "
+                 f"{pub['ceiling']:.1%} | - |")
+    lines += ["", "| run | steps x batch | train s | pairs/s | eval s |", "|---|---|---|---|---|"]
+    for v, r in results.items():
+        lines.append(f"| {v} (w_sem={r['semantic_weight']}) | {a.steps} x {a.batch_size} | {r['train_seconds']} | "
+                     f"{r['pairs_per_s']} | {r['eval_seconds']} |")
+    md = "\n".join(lines)
+    print(md)
+    meta = {"steps": a.steps, "batch_size": a.batch_size, "gen_width": a.gen_width, "gen_blocks": a.gen_blocks,
+            "disc_width": a.disc_width, "image_size": 28, "threads": torch.get_num_threads(),
+            "classifier_test_acc": {"mnist": clf_m.test_accuracy, "usps_28": clf_u.test_accuracy},
+            "classifier_seconds": round(t_clf, 1), "total_seconds": round(time.perf_counter() - t_all, 1),
+            "dry": a.dry}
+    Path(a.out + ".json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    Path(a.out + ".md").write_text(md + "\n")
+
+
+if __name__ == "__main__":
+    main()

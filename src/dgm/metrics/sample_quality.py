@@ -1,0 +1,235 @@
+"""Sample-quality metrics for `dgm evaluate`: every model that can sample gets them (docs/EVALUATION.md).
+
+Registered metrics (each writes records with its protocol: N, reference split, extractor):
+  domain_fid        Frechet distance on the domain classifier's penultimate features        (default)
+  kid               KID on domain features, or Inception features with --set features=inception (default)
+  precision_recall  improved precision/recall, k = 3, on the same features as kid          (default)
+  inception_score   classifier-based Inception Score (10 splits) with the domain classifier (default)
+  mode_coverage     share of classes found in the samples, KL of the class histogram to uniform (default)
+  fid               Inception FID (TF 2015-12-05 weights; slow on a CPU: ~1-5 images/s)    (named only)
+
+Samples: ``ctx.n`` images drawn once per `evaluate` call (seed ``ctx.seed``) and shared by all metrics. Reference:
+a fixed seeded subset of ``options["ref_n"]`` (default 10,000) training images, statistics cached (dgm.metrics.fid).
+Options (``evaluate(options=...)`` / CLI): inception (weights path), precision ("fp32"/"bf16", Inception only),
+features ("domain"/"inception" for kid and precision_recall), ref_n, batch_size.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from dgm.evaluate import metric
+from dgm.models.base import GenerativeModel
+
+
+def can_sample(model) -> bool:
+    """True when the model's class implements `sample` (the base class only raises NotImplementedError)."""
+    impl = getattr(type(model), "sample", None)
+    return impl is not None and impl is not GenerativeModel.sample
+
+
+# -- shared pieces -------------------------------------------------------------------------------------------------
+def generated(model, ctx, batch_size: int = 500) -> torch.Tensor:
+    """ctx.n samples as uint8 (N, C, H, W), drawn once per evaluate call from one seeded generator."""
+    if "samples" not in ctx.memo:
+        from tqdm.auto import tqdm
+
+        from dgm.metrics.fid import to_uint8_images
+        g = torch.Generator().manual_seed(ctx.seed)
+        out = []
+        with torch.inference_mode():
+            for i in tqdm(range(0, ctx.n, batch_size), desc="sampling", leave=False):
+                x = model.sample(min(batch_size, ctx.n - i), generator=g)
+                out.append(to_uint8_images(x.float().cpu()))
+        ctx.memo["samples"] = torch.cat(out)
+    return ctx.memo["samples"]
+
+
+def data_info(ctx) -> tuple[str, int]:
+    d = ctx.config.get("data", {})
+    if "name" not in d:
+        raise ValueError(f"{ctx.run_dir}: config.json records no dataset; sample metrics need one")
+    return d["name"], d.get("image_size")
+
+
+def domain_classifier(model, ctx):
+    """The run's dataset's domain classifier at the run's image size (trained and cached when missing), or None when
+    the dataset has no labels."""
+    if "classifier" not in ctx.memo:
+        from dgm.models.classifier import get_classifier
+        name, size = data_info(ctx)
+        if ctx.data("train").labels is None:
+            ctx.memo["classifier"] = None
+        else:
+            ctx.memo["classifier"] = get_classifier(name, data_dir=ctx.data_dir, image_size=size,
+                                                    device=str(model.device), progress=True)
+    return ctx.memo["classifier"]
+
+
+def extractor(kind: str, model, ctx):
+    """("domain" | "inception") -> a feature extractor (see dgm.metrics.fid), memoised per evaluate call."""
+    key = f"extractor_{kind}"
+    if key not in ctx.memo:
+        from dgm.metrics import fid
+        if kind == "inception":
+            ctx.memo[key] = fid.load_inception(ctx.options.get("inception"), device=str(model.device),
+                                               precision=ctx.options.get("precision", "fp32"))
+        elif kind == "domain":
+            clf = domain_classifier(model, ctx)
+            ctx.memo[key] = fid.DomainExtractor(clf) if clf is not None else None
+        else:
+            raise ValueError(f"features must be 'domain' or 'inception', got {kind!r}")
+    return ctx.memo[key]
+
+
+def feature_sets(kind: str, model, ctx) -> tuple[np.ndarray, np.ndarray, dict] | None:
+    """(reference features, sample features, protocol) on a seeded subset of the training split."""
+    key = f"features_{kind}"
+    if key not in ctx.memo:
+        from dgm.metrics import fid
+        ext = extractor(kind, model, ctx)
+        if ext is None:
+            return None
+        bs = int(ctx.options.get("batch_size", 50 if kind == "inception" else 500))
+        train = ctx.data("train")
+        ref_n = int(ctx.options.get("ref_n", 10_000))
+        idx = fid.reference_subset(len(train), ref_n, ctx.seed)
+        ref = fid.features(train.images[idx], ext, bs, desc=f"{kind} features (reference)")
+        fake = fid.features(generated(model, ctx), ext, bs, desc=f"{kind} features (samples)")
+        ctx.memo[key] = (ref, fake, protocol(ext, ctx, len(ref), len(fake)))
+    return ctx.memo[key]
+
+
+def protocol(ext, ctx, n_ref: int, n_fake: int) -> dict:
+    name, size = data_info(ctx)
+    return {"n": n_fake, "reference": f"{name} train, seeded subset of {n_ref}", "image_size": size,
+            "extractor": ext.name, "extractor_sha256": ext.checksum, "seed": ctx.seed}
+
+
+def fid_record(kind: str, model, ctx) -> dict:
+    from dgm.metrics import fid
+    ext = extractor(kind, model, ctx)
+    if ext is None:
+        return {}
+    name, size = data_info(ctx)
+    ref_n = int(ctx.options.get("ref_n", 10_000))
+    bs = int(ctx.options.get("batch_size", 50 if kind == "inception" else 500))
+    ref = fid.reference_stats(name, ext, "train", ref_n, data_dir=ctx.data_dir, image_size=size, seed=ctx.seed,
+                              batch_size=bs)
+    fake = fid.features(generated(model, ctx), ext, bs, desc=f"{kind} features (samples)")
+    if len(fake) <= fake.shape[1]:
+        raise ValueError(f"{kind} FID on {fake.shape[1]}-d features needs more than {fake.shape[1]} samples; "
+                         f"got --n {len(fake)}")
+    value = fid.frechet_distance(ref["mu"], ref["sigma"], *fid.feature_stats(fake))
+    rec = {"value": value, **protocol(ext, ctx, ref["n"], len(fake))}
+    if kind == "inception" and ext.precision != "fp32":
+        rec["precision"] = ext.precision
+    return rec
+
+
+# -- the metrics -----------------------------------------------------------------------------------------------------
+@metric("fid", applies=can_sample, default=False)
+def _fid(model, ctx):
+    rec = fid_record("inception", model, ctx)
+    return {"fid": {**rec, "protocol": "Inception FID (Heusel 2017), samples quantised to uint8, 299x299"}}
+
+
+@metric("domain_fid", applies=can_sample)
+def _domain_fid(model, ctx):
+    rec = fid_record("domain", model, ctx)
+    if not rec:
+        return {}
+    return {"domain_fid": {**rec, "protocol": "domain FID: Frechet distance on the domain classifier's features "
+                                              "(not comparable with Inception FID)"}}
+
+
+@metric("kid", applies=can_sample)
+def _kid(model, ctx):
+    from dgm.metrics.kid import kid
+    kind = ctx.options.get("features", "domain")
+    sets = feature_sets(kind, model, ctx)
+    if sets is None:
+        return {}
+    ref, fake, proto = sets
+    mean, std = kid(ref, fake, subsets=100, subset_size=1000, seed=ctx.seed)
+    return {f"kid_{kind}": {"value": mean, "std": std, **proto,
+                            "protocol": "KID (Binkowski 2018): unbiased MMD^2, kernel (x.y/d+1)^3, 100 subsets of 1000"}}
+
+
+@metric("precision_recall", applies=can_sample)
+def _precision_recall(model, ctx):
+    from dgm.metrics.kid import precision_recall
+    kind = ctx.options.get("features", "domain")
+    sets = feature_sets(kind, model, ctx)
+    if sets is None:
+        return {}
+    ref, fake, proto = sets
+    p, r = precision_recall(ref, fake, k=3)
+    how = "improved precision/recall (Kynkaanniemi 2019), k=3"
+    return {f"precision_{kind}": {"value": p, **proto, "protocol": how},
+            f"recall_{kind}": {"value": r, **proto, "protocol": how}}
+
+
+def inception_score(probs: torch.Tensor, splits: int = 10) -> tuple[float, float]:
+    """IS = exp(E_x KL(p(y|x) || p(y))) (Salimans et al. 2016), mean and std over `splits` equal chunks."""
+    if probs.dim() != 2 or len(probs) < splits:
+        raise ValueError(f"inception_score needs (N >= {splits}, classes) probabilities, got {tuple(probs.shape)}")
+    p = probs.double().clamp_min(1e-12)
+    scores = []
+    for chunk in torch.tensor_split(p, splits):
+        py = chunk.mean(0, keepdim=True)
+        scores.append(math.exp(float((chunk * (chunk.log() - py.log())).sum(1).mean())))
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+def class_histogram_stats(pred: torch.Tensor, num_classes: int) -> tuple[float, float, list[int]]:
+    """(share of classes predicted at least once, KL(histogram || uniform) in nats, counts)."""
+    counts = torch.bincount(pred, minlength=num_classes).double()
+    p = counts / counts.sum()
+    nz = p > 0
+    kl = float((p[nz] * (p[nz] * num_classes).log()).sum())
+    return float(nz.double().mean()), kl, [int(c) for c in counts]
+
+
+@metric("inception_score", applies=can_sample)
+def _inception_score(model, ctx):
+    clf = domain_classifier(model, ctx)
+    if clf is None:
+        return {}
+    x = generated(model, ctx).float().div_(255.0)
+    mean, std = inception_score(clf.probs(x))
+    real = ctx.data("test")
+    real_mean, _ = inception_score(clf.probs(real.images[: ctx.n].float().div_(255.0)))
+    name, _ = data_info(ctx)
+    return {"inception_score_domain": {
+        "value": mean, "std": std, "n": len(x), "splits": 10, "real_test_value": real_mean,
+        "extractor": f"domain classifier ({name}, test accuracy {clf.test_accuracy:.4f})",
+        "protocol": "classifier-based Inception Score (Salimans 2016) with the domain classifier; max = classes"}}
+
+
+@metric("mode_coverage", applies=can_sample)
+def _mode_coverage(model, ctx):
+    clf = domain_classifier(model, ctx)
+    if clf is None:
+        return {}
+    x = generated(model, ctx).float().div_(255.0)
+    k = clf.config.num_classes
+    share, kl, counts = class_histogram_stats(clf.predict(x), k)
+    name, _ = data_info(ctx)
+    ext = f"domain classifier ({name}, test accuracy {clf.test_accuracy:.4f})"
+    return {"mode_coverage": {"value": share, "n": len(x), "classes": k, "counts": counts, "extractor": ext,
+                              "protocol": "share of classes predicted for at least one sample"},
+            "mode_kl_uniform": {"value": kl, "n": len(x), "unit": "nats", "extractor": ext,
+                                "protocol": "KL(predicted class histogram || uniform); 0 = balanced"}}
+
+
+@metric("test_accuracy", applies=lambda m: hasattr(m, "predict") and hasattr(m, "features"))
+def _test_accuracy(model, ctx):
+    from dgm.models.classifier import test_accuracy
+    test = ctx.data("test")
+    if test.labels is None:
+        return {}
+    return {"test_accuracy": {"value": test_accuracy(model, test), "split": "test", "n": len(test),
+                              "protocol": "top-1 accuracy"}}

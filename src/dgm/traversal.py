@@ -1,0 +1,103 @@
+"""Latent traversals (Higgins et al. 2017, fig. 1 and 7): change one latent dimension at a time, keep the rest at a seed
+image's posterior mean, and decode. A disentangled model shows one factor (position, scale, shape...) per row.
+
+    from dgm.traversal import write_traversal
+    write_traversal(model, "runs/x/traversal.png", data)   # also writes runs/x/traversal.gif
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from dgm.data import ImageData, to_float
+from dgm.viz import make_grid, save_gif, to_pil
+
+
+@torch.inference_mode()
+def latent_order(model, data: ImageData, n: int = 2000) -> tuple[list[int], list[float], str]:
+    """Latent dimensions sorted by how much they are used, most first, with the score and its name.
+
+    VAE: the average KL(q(z_d|x) || N(0, 1)) per dimension over n images (collapsed dimensions have KL ~ 0).
+    AE (no posterior): the variance of the code over the images.
+    """
+    x = to_float(data.images[:n]).to(model.device)
+    out = model.encode(x)
+    if isinstance(out, tuple):
+        mu, logvar = out[0].float(), out[1].float()
+        score, name = (0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)).mean(0), "KL"
+    else:
+        score, name = out.float().var(0), "var"
+    order = torch.argsort(score, descending=True)
+    return order.tolist(), score[order].tolist(), name
+
+
+@torch.inference_mode()
+def traversal_images(model, data: ImageData, seed_index: int = 0, steps: int = 10, limit: float = 3.0,
+                     dims: int | None = None) -> tuple[torch.Tensor, list[int], list[float], str, torch.Tensor]:
+    """Decoded traversals, (rows, steps, C, H, W) in [0, 1], one row per latent dimension (sorted by use).
+
+    Row d sets z_d to each of ``steps`` values in [-limit, limit] (prior standard deviations; for an AE, the code's
+    running mean +- limit running std), the other dimensions to the seed image's posterior mean (or code).
+    """
+    if steps < 2:
+        raise ValueError(f"steps must be >= 2, got {steps}")
+    if not 0 <= seed_index < len(data):
+        raise ValueError(f"seed index {seed_index} outside the {len(data)} images of {data.name}")
+    order, score, name = latent_order(model, data)
+    if dims is not None:
+        if dims < 1:
+            raise ValueError(f"dims must be >= 1, got {dims}")
+        order, score = order[:dims], score[:dims]
+    x = to_float(data.images[seed_index:seed_index + 1]).to(model.device)
+    out = model.encode(x)
+    z0 = (out[0] if isinstance(out, tuple) else out)[0].float()          # (D,)
+    t = torch.linspace(-limit, limit, steps, device=z0.device)
+    if hasattr(model, "code_mean"):  # AE: its codes live wherever training put them, not around N(0, 1)
+        centre, spread = model.code_mean.float(), model.code_var.float().sqrt()
+    else:
+        centre, spread = torch.zeros_like(z0), torch.ones_like(z0)
+    rows = []
+    for d in order:
+        z = z0.repeat(steps, 1)                                          # (steps, D)
+        z[:, d] = centre[d] + t * spread[d]
+        rows.append(model.decode(z).float().cpu())
+    return torch.stack(rows), order, score, name, x.cpu()[0]
+
+
+def _labelled(grid_img, labels: list[str], row_h: float, top: int, width: int = 120):
+    """Put a text column to the left of a PIL grid: one label per row."""
+    from PIL import Image, ImageDraw
+    canvas = Image.new("RGB", (grid_img.width + width, grid_img.height), "white")
+    canvas.paste(grid_img.convert("RGB"), (width, 0))
+    draw = ImageDraw.Draw(canvas)
+    for i, text in enumerate(labels):
+        draw.text((6, top + row_h * i + row_h / 2 - 6), text, fill="black")
+    return canvas
+
+
+def write_traversal(model, path: str | os.PathLike, data: ImageData, seed_index: int = 0, steps: int = 10,
+                    limit: float = 3.0, dims: int | None = None, gif: bool = True) -> list[Path]:
+    """Write the traversal grid (PNG, rows labelled with the dimension and its KL) and an animated GIF beside it
+    (each frame shows every dimension at one value, sweeping -limit -> limit -> -limit). Returns the paths."""
+    if not (hasattr(model, "encode") and hasattr(model, "decode")):
+        raise ValueError(f"a {getattr(model, 'family', type(model).__name__)} model has no latent space to traverse")
+    imgs, order, score, name, seed = traversal_images(model, data, seed_index, steps, limit, dims)
+    rows, n, c, h, w = imgs.shape
+    pad = 2
+    grid = make_grid(imgs.flatten(0, 1), nrow=n, pad=pad)
+    scale = max(1, -(-512 // grid.shape[-1]))
+    pil = to_pil(grid, grid.shape[-1] * scale)
+    labels = [f"z{d}  {name}={s:.2f}" for d, s in zip(order, score)]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _labelled(pil, labels, (h + pad) * scale, pad * scale).save(path)
+    out = [path]
+    if gif:
+        # Frame j: all traversed dimensions side by side at value t_j, the seed image first for reference.
+        sweep = list(range(n)) + list(range(n - 2, 0, -1))
+        frames = [make_grid(torch.cat([seed.unsqueeze(0), imgs[:, j]]), nrow=min(rows + 1, 11), pad=pad)
+                  for j in sweep]
+        out.append(save_gif(frames, path.with_suffix(".gif"), duration_ms=120, min_size=2 * frames[0].shape[-1]))
+    return out

@@ -1,0 +1,118 @@
+"""The maths of the AE and VAE: KL, reparameterisation, beta, IWAE."""
+import math
+
+import pytest
+import torch
+
+from dgm.models.ae import AE, AEConfig
+from dgm.models.vae import VAE, VAEConfig, gaussian_kl, gaussian_log_prob
+
+
+def tiny_vae(**kw):
+    torch.manual_seed(0)
+    return VAE(VAEConfig(channels=1, image_size=8, latent_dim=4, conv_channels=(8, 16), **kw))
+
+
+def test_analytic_kl_matches_monte_carlo():
+    torch.manual_seed(0)
+    mu, logvar = torch.randn(3, 5), torch.randn(3, 5) * 0.5
+    z = mu + torch.randn(200_000, 3, 5) * (0.5 * logvar).exp()
+    mc = (gaussian_log_prob(z, mu, logvar) - gaussian_log_prob(z, torch.zeros(5), torch.zeros(5))).mean(0)
+    analytic = gaussian_kl(mu, logvar).sum(1)
+    assert torch.allclose(mc, analytic, atol=0.03), (mc, analytic)
+    assert (analytic >= 0).all()
+
+
+def test_kl_zero_only_at_prior():
+    assert gaussian_kl(torch.zeros(2, 3), torch.zeros(2, 3)).abs().max() == 0
+    assert gaussian_kl(torch.full((1, 3), 0.1), torch.zeros(1, 3)).sum() > 0
+
+
+def test_gradients_flow_through_reparameterised_sample():
+    m = tiny_vae(binarize=False)
+    x = torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8)
+    xs = m.prepare(x)
+    mu, logvar = m.encode(xs)
+    z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+    recon = -m.log_likelihood(xs, m.decoder(z)).mean()
+    recon.backward()  # the reconstruction term alone: its gradient reaches the encoder only through z
+    g = [p.grad for p in m.encoder.parameters()]
+    assert all(gi is not None for gi in g) and sum(gi.abs().sum() for gi in g) > 0
+
+
+def test_beta_changes_the_loss_by_beta_times_kl():
+    x = torch.randint(0, 256, (8, 1, 8, 8), dtype=torch.uint8)
+    out = {}
+    for beta in (1.0, 4.0):
+        m = tiny_vae(beta=beta)
+        torch.manual_seed(1)
+        out[beta] = m.loss((x, None))
+    assert out[1.0]["recon"] == pytest.approx(out[4.0]["recon"].item())
+    assert (out[4.0]["loss"] - out[1.0]["loss"]).item() == pytest.approx(3 * out[1.0]["kl"].item(), rel=1e-4)
+
+
+def test_capacity_objective_anneals():
+    m = tiny_vae(capacity_max=25.0, capacity_steps=100, gamma=10.0)
+    x = torch.randint(0, 256, (8, 1, 8, 8), dtype=torch.uint8)
+    losses = []
+    for step in (0, 100):
+        m.step = step
+        torch.manual_seed(1)
+        out = m.loss((x, None))
+        losses.append((out["loss"] - out["recon"]).item())
+        assert losses[-1] == pytest.approx(10.0 * abs(out["kl"].item() - 25.0 * min(1, step / 100)), rel=1e-4)
+
+
+def test_iwae_k1_is_elbo_in_expectation_and_tightens_with_k():
+    m = tiny_vae()
+    with torch.no_grad():  # a deliberately poor, wide posterior (logvar = 3) so the ELBO is loose
+        m.encoder.head[-1].bias[4:] = 3.0
+    torch.manual_seed(0)
+    x = (torch.rand(16, 1, 8, 8) > 0.5).float()
+    r = 300  # repeats, done as one batch: x repeated r times
+    xr = x.repeat(r, 1, 1, 1)
+    torch.manual_seed(1)
+    elbo = m.elbo(xr).view(r, -1).mean(0)
+    torch.manual_seed(2)
+    nll1 = m.nll(xr, k=1).view(r, -1).mean(0)
+    # per example the estimator is noisy (wide posterior); over 16 x 300 draws the means agree
+    assert (-nll1).mean().item() == pytest.approx(elbo.mean().item(), abs=1.0)
+    torch.manual_seed(3)
+    x20 = x.repeat(20, 1, 1, 1)  # average 20 independent estimates per image
+    bounds = [-m.nll(x20, k=k, chunk=50).mean().item() for k in (1, 10, 100)]
+    assert bounds[0] < bounds[1] < bounds[2], bounds
+
+
+def test_gaussian_likelihood_is_a_density():
+    m = tiny_vae(likelihood="gaussian")
+    x = torch.rand(4, 1, 8, 8)
+    logits = torch.zeros(4, 1, 8, 8)
+    sigma = m.log_sigma.exp().item()
+    expected = torch.distributions.Normal(0.5, sigma).log_prob(x).flatten(1).sum(1)
+    assert torch.allclose(m.log_likelihood(x, logits), expected, atol=1e-4)
+
+
+def test_shapes_for_many_sizes_and_archs():
+    for size in (8, 15, 28):
+        for arch in ("conv", "mlp"):
+            m = VAE(VAEConfig(channels=3, image_size=size, latent_dim=2, arch=arch, conv_channels=(8, 16)))
+            x = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)
+            assert torch.isfinite(m.loss((x, None))["loss"])
+            assert m.sample(3).shape == (3, 3, size, size)
+            a = AE(AEConfig(channels=3, image_size=size, latent_dim=2, arch=arch, conv_channels=(8, 16)))
+            assert a.reconstruct(torch.rand(2, 3, size, size)).shape == (2, 3, size, size)
+
+
+def test_bad_options_are_rejected():
+    with pytest.raises(ValueError, match="likelihood"):
+        VAE(VAEConfig(likelihood="poisson"))
+    with pytest.raises(ValueError, match="arch"):
+        AE(AEConfig(arch="transformer"))
+
+
+def test_sample_is_reproducible_with_a_generator():
+    m = tiny_vae()
+    a = m.sample(4, generator=torch.Generator().manual_seed(7))
+    b = m.sample(4, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a, b) and a.min() >= 0 and a.max() <= 1
+    assert not math.isclose(a.sum().item(), m.sample(4, generator=torch.Generator().manual_seed(8)).sum().item())
