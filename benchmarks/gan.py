@@ -7,7 +7,10 @@ wall time are spent; after every chunk, domain FID and mode coverage on `--curve
 against training time (evaluation time is not counted as training). At the end: domain FID / KID / precision-recall /
 mode coverage on `--final-n` samples, and Inception FID on `--fid-n` samples against `--fid-ref-n` training images
 when `--fid-n` > 0 (the protocol is 10,000 vs 10,000; smaller N is biased upwards, the N is recorded).
-Training images/s counts real images shown to D (n_critic x batch per step) over training wall time.
+Training images/s counts real images shown to D (n_critic x batch per step) over training wall time, and per CPU
+second of this (single-threaded) process, which does not depend on what else the machine runs.
+`--continue` extends existing runs and their curves; `--fid-only --fid-n 10000` adds Inception FID to finished runs
+(with the floor: real test images against the same reference), e.g. on a GPU or overnight.
 Writes benchmarks/results/gan_<data>.json / .md and copies each run's dx.png and samples.png beside them.
 """
 from __future__ import annotations
@@ -39,6 +42,54 @@ def value(res: dict, key: str):
     return res[key]["value"] if key in res else None
 
 
+def speed(batch: int = 64, width: int = 64, steps: int = 15) -> None:
+    """Real images per CPU-second of this process (one thread), after 3 warm-up steps: one D and one G update per
+    step on random uint8 MNIST-shaped batches. CPU time, so the number does not depend on the machine's load."""
+    from dgm.models.gan import GAN, GANConfig
+    torch.set_num_threads(1)
+    x = torch.randint(0, 256, (batch, 1, 28, 28), dtype=torch.uint8)
+    print("| loss | fp32 real img / CPU-s | bf16 real img / CPU-s |\n|---|---|---|")
+    for name, kw in [("ns", {}), ("hinge + SN", {"loss": "hinge", "spectral_norm": True}),
+                     ("wgan-gp (per critic step)", {"loss": "wgan-gp", "n_critic": 1})]:
+        res = []
+        for prec in ("fp32", "bf16"):
+            torch.manual_seed(0)
+            m = GAN(GANConfig(channels=1, image_size=28, width=width, **kw))
+            opts = {ph: torch.optim.Adam(m.phase_parameters(ph), 2e-4, betas=(0.5, 0.999)) for ph in m.phases}
+
+            def step():
+                for ph, o in opts.items():
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=prec == "bf16"):
+                        loss = m.loss((x, None), ph)["loss"]
+                    o.zero_grad()
+                    loss.backward()
+                    o.step()
+            for _ in range(3):
+                step()
+            c = time.process_time()
+            for _ in range(steps):
+                step()
+            res.append(batch * steps / (time.process_time() - c))
+        print(f"| {name} | {res[0]:.0f} | {res[1]:.0f} |", flush=True)
+
+
+def real_floor(a) -> dict:
+    """Inception FID of real test images against the same train reference at the same N: what a perfect generator
+    would score at this sample size (FID is biased upwards at small N)."""
+    from dgm.data import load_dataset
+    from dgm.metrics import fid
+    try:
+        ext = fid.load_inception()
+        test = load_dataset(a.data, "test", data_dir=a.data_dir)
+        # The same cache key as `dgm evaluate` uses (the run's image size), so the reference is computed once.
+        ref = fid.reference_stats(a.data, ext, "train", a.fid_ref_n, data_dir=a.data_dir, image_size=test.shape[1])
+        f_test = fid.features(test.images[:a.fid_n], ext, 50, progress=False)
+        return {"value": fid.frechet_distance(ref["mu"], ref["sigma"], *fid.feature_stats(f_test)), "n": a.fid_n,
+                "ref_n": a.fid_ref_n, "extractor": ext.name}
+    except Exception as e:
+        return {"error": f"{type(e).__name__}: {e}", "n": a.fid_n, "ref_n": a.fid_ref_n}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="mnist")
@@ -56,8 +107,18 @@ def main():
     p.add_argument("--data-dir", default=None)
     p.add_argument("--runs", default="runs/bench_gan")
     p.add_argument("--results", default="benchmarks/results")
+    p.add_argument("--continue", dest="cont", action="store_true",
+                   help="extend existing runs (and their curves in the results JSON) instead of starting afresh")
+    p.add_argument("--fid-only", action="store_true", help="only the Inception FID of the runs already in the JSON")
+    p.add_argument("--speed", action="store_true",
+                   help="only the throughput table: CPU time per step of each loss, fp32 vs bf16, then exit")
     p.add_argument("--dry", action="store_true", help="tiny settings to check the script end to end")
     a = p.parse_args()
+    if a.speed:
+        return speed(a.batch_size, a.width)
+    if 0 < a.fid_n <= 2048 or 0 < a.fid_ref_n <= 2048:
+        raise SystemExit("Inception FID needs more than 2048 samples per set (a full-rank 2048-d covariance)")
+    a.cont = a.cont or a.fid_only
     if a.dry:
         a.minutes, a.chunk_steps, a.curve_n, a.final_n, a.width = 0.05, 5, 300, 300, 8
     warnings.simplefilter("default")
@@ -65,36 +126,50 @@ def main():
     results_dir.mkdir(parents=True, exist_ok=True)
     out = {"date": str(date.today()), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads (shared)",
            "command": "python benchmarks/gan.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items()
-                                                           if k not in ("runs", "results", "data_dir", "dry")),
+                                                           if k not in ("runs", "results", "data_dir", "dry", "cont", "fid_only")),
            "data": a.data, "runs": {}}
     json_path = results_dir / f"gan_{a.data}{'_dry' if a.dry else ''}.json"
-    for name in a.configs.split(","):
+    if a.cont and json_path.is_file():
+        prev = json.loads(json_path.read_text())
+        out["runs"] = prev["runs"]
+        out["command"] = prev["command"] + " ; then " + out["command"] + " --continue"
+    for name in [] if a.fid_only else a.configs.split(","):
         if name not in CONFIGS:
             raise SystemExit(f"unknown config {name!r}; known: {', '.join(CONFIGS)}")
         run = Path(a.runs) / f"{a.data}_{name}"
-        if run.exists():
-            shutil.rmtree(run)
         over = {"precision": a.precision, "width": str(a.width), "batch_size": str(a.batch_size), "log_every": "25",
                 "ckpt_every": str(a.chunk_steps), **CONFIGS[name]}
-        rec = {"overrides": over, "curve": []}
-        out["runs"][name] = rec
-        train_s, steps = 0.0, 0
-        while train_s < a.minutes * 60 and (not a.max_steps or steps < a.max_steps):
+        if a.cont and name in out["runs"] and (run / "checkpoint.pt").is_file():
+            rec = out["runs"][name]
+            train_s, steps = rec["train_wall_s"], rec["steps"]
+            cpu_s, cpu_steps = rec.get("train_cpu_s", 0.0), rec.get("cpu_steps", 0)
+            start = train_s
+        else:
+            if run.exists():
+                shutil.rmtree(run)
+            rec = {"overrides": over, "curve": []}
+            out["runs"][name] = rec
+            train_s, cpu_s, cpu_steps, steps, start = 0.0, 0.0, 0, 0, 0.0
+        while train_s - start < a.minutes * 60 and (not a.max_steps or steps < a.max_steps):
+            first = steps == 0
             steps += a.chunk_steps
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                if steps == a.chunk_steps:
+                if first:
                     train("gan", a.data, steps=steps, out=run, overrides=over, data_dir=a.data_dir, progress=False,
                           figures=False)
                 else:
                     train("gan", a.data, steps=steps, out=run, resume=True, data_dir=a.data_dir, progress=False,
                           figures=False)
             train_s += time.perf_counter() - t0
+            cpu_s += time.process_time() - c0  # this process's CPU time: comparable across loads (1 thread)
+            cpu_steps += a.chunk_steps
             t1 = time.perf_counter()
             try:
                 res = evaluate(run, ["domain_fid", "mode_coverage"], n=a.curve_n, data_dir=a.data_dir)
-                point = {"step": steps, "train_s": round(train_s, 1), "domain_fid": value(res, "domain_fid"),
+                point = {"step": steps, "train_s": round(train_s, 1), "train_cpu_s": round(cpu_s, 1),
+                         "domain_fid": value(res, "domain_fid"),
                          "mode_coverage": value(res, "mode_coverage"), "mode_kl": value(res, "mode_kl_uniform")}
             except Exception as e:  # a metric failing must not lose the training run
                 point = {"step": steps, "train_s": round(train_s, 1), "error": f"{type(e).__name__}: {e}"}
@@ -104,8 +179,10 @@ def main():
             json_path.write_text(json.dumps(out, indent=1))
         rows = read_metrics(run)
         n_critic = 1
-        rec.update({"steps": steps, "train_wall_s": round(train_s, 1),
+        rec.update({"steps": steps, "train_wall_s": round(train_s, 1), "train_cpu_s": round(cpu_s, 1),
+                    "cpu_steps": cpu_steps,
                     "train_img_per_s": round(steps * n_critic * a.batch_size / train_s, 1),
+                    "train_img_per_cpu_s": round(cpu_steps * n_critic * a.batch_size / cpu_s, 1) if cpu_s else None,
                     "epochs_of_d": round(steps * n_critic * a.batch_size / 60_000, 2),
                     "final_d_real": rows[-1].get("d/d_real"), "final_d_fake": rows[-1].get("d/d_fake"),
                     "final_d_auc": rows[-1].get("d/d_auc")})
@@ -129,6 +206,8 @@ def main():
         json_path.write_text(json.dumps(out, indent=1))
         print(name, rec["final"], flush=True)
     if a.fid_n:
+        out["inception_floor"] = real_floor(a)
+        print("real test images vs reference:", out["inception_floor"], flush=True)
         for name, rec in out["runs"].items():
             t1 = time.perf_counter()
             try:
@@ -141,19 +220,23 @@ def main():
             json_path.write_text(json.dumps(out, indent=1))
             print(name, rec["inception_fid"], flush=True)
     md = [f"DCGAN on {a.data} ({out['machine']}, {out['date']}); command: `{out['command']}`", "",
-          "| config | steps | D epochs | train wall | train img/s | domain FID | KID (domain) | precision | recall | "
+          "| config | steps | D epochs | train wall | train img/s (wall) | img per CPU-s | domain FID | KID (domain) | precision | recall | "
           "mode coverage | mode KL | Inception FID (N) | final D(x) / D(G(z)) / AUC |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     f = lambda v, d=3: "-" if v is None else (f"{v:.{d}f}" if isinstance(v, float) else str(v))  # noqa: E731
     for name, r in out["runs"].items():
         fin = r.get("final", {})
         inc = r.get("inception_fid", {})
         md.append(f"| {name} | {r['steps']} | {r['epochs_of_d']} | {r['train_wall_s'] / 60:.1f} min | "
-                  f"{r['train_img_per_s']} | {f(fin.get('domain_fid'), 2)} | {f(fin.get('kid_domain'), 4)} | "
+                  f"{r['train_img_per_s']} | {f(r.get('train_img_per_cpu_s'), 1)} | {f(fin.get('domain_fid'), 2)} | {f(fin.get('kid_domain'), 4)} | "
                   f"{f(fin.get('precision_domain'))} | {f(fin.get('recall_domain'))} | {f(fin.get('mode_coverage'), 2)} | "
                   f"{f(fin.get('mode_kl_uniform'))} | "
                   f"{f(inc.get('value'), 2)} ({inc.get('n', '-')} vs {inc.get('ref_n', '-')}) | "
                   f"{f(r['final_d_real'], 2)} / {f(r['final_d_fake'], 2)} / {f(r['final_d_auc'], 2)} |")
+    if "inception_floor" in out:
+        fl = out["inception_floor"]
+        md += ["", f"Inception FID floor at this N: {fl['n']} real test images vs the {fl['ref_n']}-image train "
+                   f"reference: {f(fl.get('value'), 2)}"]
     md += ["", "Domain FID against training time (curve N = %d):" % a.curve_n, "",
            "| config | step | train min | domain FID | mode coverage |", "|---|---|---|---|---|"]
     for name, r in out["runs"].items():

@@ -4,8 +4,6 @@ from pathlib import Path
 import pytest
 import torch
 
-# Keep the suite light on a 2-core machine and independent of the user's data folder.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

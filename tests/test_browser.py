@@ -3,7 +3,6 @@ downloaded browser). The page runs under its own Content-Security-Policy, so wai
 
 Screenshots for the README: DGM_SCREENSHOTS=docs/img DGM_STUDIO_RUNS=path/to/runs pytest tests/test_browser.py -k shots
 """
-import io
 import os
 import re
 import shutil
@@ -25,6 +24,7 @@ from playwright.sync_api import expect, sync_playwright  # noqa: E402
 from dgm.serve import create_app  # noqa: E402
 
 TIMEOUT = 60_000  # ms; the CPU is shared, model loads are slow on a busy machine
+expect.set_options(timeout=TIMEOUT)  # expect() has its own 5 s default, separate from the page's
 TINY = {"latent_dim": "4", "conv_channels": "8,16", "batch_size": "64"}
 
 
@@ -61,12 +61,9 @@ def base(runs):
 
 @pytest.fixture(scope="module")
 def browser():
-    with sync_playwright() as p:
-        try:
-            b = p.chromium.launch(executable_path=CHROMIUM,
-                                  args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        except Exception as e:  # a broken chromium install: say so instead of failing every test
-            pytest.skip(f"chromium at {CHROMIUM} does not start: {e}")
+    with sync_playwright() as p:  # a chromium that is found but does not start is a failure, not a skip
+        b = p.chromium.launch(executable_path=CHROMIUM,
+                              args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
         yield b
         b.close()
 
@@ -208,30 +205,48 @@ def test_switching_runs(page, base):
 
 
 def test_screenshots(browser, tmp_path):
-    """Not a check: writes the README's screenshots when DGM_SCREENSHOTS (and DGM_STUDIO_RUNS) are set."""
+    """Not a check: writes the README's screenshots when DGM_SCREENSHOTS (and DGM_STUDIO_RUNS) are set: the page in
+    English and Persian for DGM_STUDIO_RUN (default: the first run), and the translate / denoising cards of the first
+    runs that can do those."""
+    import json
+    import urllib.request
     out, root = os.environ.get("DGM_SCREENSHOTS"), os.environ.get("DGM_STUDIO_RUNS")
     if not out or not root:
         pytest.skip("set DGM_SCREENSHOTS=docs/img and DGM_STUDIO_RUNS=RUNS_DIR to write the README screenshots")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    run = os.environ.get("DGM_STUDIO_RUN", "")
     server, th, base = start_server(root)
     try:
+        runs = json.load(urllib.request.urlopen(f"{base}/api/runs"))["runs"]
+        run = os.environ.get("DGM_STUDIO_RUN") or runs[0]["id"]
         ctx = browser.new_context(viewport={"width": 1280, "height": 860}, device_scale_factor=1)
         pg = ctx.new_page()
         pg.set_default_timeout(TIMEOUT * 3)
-        pg.goto(f"{base}/?lang=en&seed=21" + (f"&run={run}" if run else ""))
+        pg.goto(f"{base}/?lang=en&seed={os.environ.get('DGM_STUDIO_SEED', '5')}&run={run}")
         loaded(pg)
         expect(pg.locator("#interp-img")).to_have_attribute("src", DATA)
         pg.set_input_files("#upload", str(_digit_png(tmp_path)))
         expect(pg.locator("#out-img")).to_have_attribute("src", DATA)
         pg.wait_for_timeout(800)
         pg.screenshot(path=str(out / "studio.png"))
-        pg.screenshot(path=str(out / "studio_full.png"), full_page=True)
         pg.click("#lang-toggle")
         expect(pg.locator("html")).to_have_attribute("dir", "rtl")
         pg.wait_for_timeout(500)
         pg.screenshot(path=str(out / "studio_fa.png"))
+        pg.click("#lang-toggle")
+        for cap, card, name in (("translate", "#draw", "studio_translate.png"), ("trajectory", "#hero", "studio_denoise.png")):
+            r = next((r for r in runs if r["capabilities"].get(cap) and not r["error"]), None)
+            if r is None:
+                continue
+            pg.goto(f"{base}/?lang=en&seed={os.environ.get('DGM_STUDIO_CARD_SEED', '3')}&run={r['id']}")
+            expect(pg.locator("#run-meta")).not_to_be_empty()
+            if cap == "translate":
+                pg.set_input_files("#upload", str(_digit_png(tmp_path)))
+                expect(pg.locator("#out-img")).to_have_attribute("src", DATA)
+            else:
+                expect(pg.locator("#strip-img")).to_have_attribute("src", DATA)
+            pg.wait_for_timeout(500)
+            pg.locator(card).screenshot(path=str(out / name))
         ctx.close()
     finally:
         server.should_exit = True

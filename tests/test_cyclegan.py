@@ -166,9 +166,11 @@ def test_official_folder_layout(folder_pair):
         load_dataset(f"unpaired:{folder_pair}", "test")
 
 
-def test_unpaired_data_needs_a_cyclegan(tmp_path):
+def test_unpaired_data_and_cyclegan_go_together(tmp_path):
     with pytest.raises(UsageError, match="channels_b"):
         train("ae", "unpaired:digits,digits", steps=1, out=tmp_path / "r", progress=False)
+    with pytest.raises(ValueError, match="unpaired:A,B"):
+        train("cyclegan", "digits", steps=1, out=tmp_path / "c", overrides=TINY, progress=False)
 
 
 # -- training, translate, save/load, resume ------------------------------------------------------------------------

@@ -11,6 +11,15 @@ from dgm.models.gan import (GAN, LOSSES, GANCollapseWarning, GANConfig, d_loss, 
 from dgm.train import TrainConfig, Trainer
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # These tiny models gain nothing from a second thread, and on a loaded machine every op waits for it.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def grads(fn, *vals):
     ts = [torch.tensor([v], requires_grad=True) for v in vals]
     out = fn(*ts)

@@ -5,15 +5,18 @@ import json
 import shutil
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 pytest.importorskip("fastapi", reason="dgm[serve] extra (fastapi) not installed")
 pytest.importorskip("multipart", reason="dgm[serve] extra (python-multipart) not installed")
-from fastapi.testclient import TestClient  # noqa: E402
+with warnings.catch_warnings():  # starlette's notice that its TestClient will move to httpx2: not ours to fix
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from dgm.serve import create_app  # noqa: E402
@@ -36,7 +39,12 @@ def runs(tmp_path_factory):
     from dgm import load
     write_samples(load(vae), vae / "samples.png", n=16)
     (vae / "eval.json").write_text(json.dumps({"test_elbo": {"value": -123.4, "unit": "nats", "n": 100},
-                                               "junk": "not a metric"}))
+                                               "recon_mse": {"value": 0.02, "n": 100},
+                                               "junk": "not a metric", "diverged": {"value": float("nan")}}))
+    (ae / "eval.json").write_text(json.dumps({"test_elbo": {"value": -150.0, "n": 50},
+                                              "recon_mse": {"value": 0.01, "n": 100}}))
+    with open(ae / "metrics.jsonl", "a") as f:  # a diverged step: JSON has no NaN, the API must still answer
+        f.write('{"step": 21, "loss": NaN}\n')
     alien = root / "alien"
     alien.mkdir()
     shutil.copy(vae / "model.safetensors", alien / "model.safetensors")
@@ -88,8 +96,11 @@ def test_runs_found_with_capabilities(client):
     assert c["sample"] and c["encode"] and c["decode"] and c["reconstruct"] and not c["translate"]
     assert c["latent_dim"] == 4 and c["image_size"] == 16 and c["channels"] == 1
     assert not c["conditional"] and c["sample_options"] == [] and not c["trajectory"]
-    assert vae["eval"] == {"test_elbo": {"value": -123.4, "unit": "nats", "n": 100}}  # non-metrics dropped
+    assert vae["eval"] == {"test_elbo": {"value": -123.4, "unit": "nats", "n": 100},  # non-metrics dropped
+                           "recon_mse": {"value": 0.02, "n": 100}}
     assert "unknown model family" in by_id["alien"]["error"]
+    assert by_id["sweep.ae_digits"]["step"] == 21
+    assert client.get("/api/runs/sweep.ae_digits").json()["last_log"] == {"step": 21, "loss": None}
     assert data["limits"]["n"] == MAX_N
 
 
@@ -99,9 +110,14 @@ def test_run_detail_figures_and_leaderboard(client):
     r = client.get("/api/runs/vae_digits/files/samples.png")
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     err(client.get("/api/runs/vae_digits/files/config.json"), 404)  # only pictures are served
-    board = client.get("/api/leaderboard").json()["datasets"]
-    assert [row["id"] for row in board["digits"]["rows"]] == ["vae_digits"]
-    assert board["digits"]["rows"][0]["values"] == {"test_elbo": -123.4}
+    board = client.get("/api/leaderboard").json()["datasets"]["digits"]
+    assert sorted(row["id"] for row in board["rows"]) == ["sweep.ae_digits", "vae_digits"]
+    assert {row["id"]: row["values"]["recon_mse"] for row in board["rows"]} == {"vae_digits": 0.02,
+                                                                               "sweep.ae_digits": 0.01}
+    cols = board["columns"]
+    assert list(cols) == ["test_elbo", "recon_mse"]  # dgm leaderboard's column order
+    assert cols["recon_mse"]["better"] == "down" and cols["recon_mse"]["comparable"]
+    assert not cols["test_elbo"]["comparable"]  # n = 100 vs n = 50: not the same protocol
 
 
 def test_index_and_static(client):
@@ -218,7 +234,7 @@ def test_reconstruct_upload_is_framed_like_the_data(client):
     import base64
     seen = Image.open(io.BytesIO(base64.b64decode(out["input"].split(",", 1)[1])))
     assert seen.size == (16, 16)
-    px = torch.tensor(list(seen.getdata()), dtype=torch.float32).view(16, 16) / 255
+    px = torch.from_numpy(np.asarray(seen, dtype=np.float32)) / 255
     assert px.mean() < 0.5, "dark-on-white paper is inverted to a light digit on black"
     assert px[:, 7:9].mean() > px[:, :3].mean() + 0.3, "the stroke is centred"
     r = client.post("/api/runs/vae_digits/reconstruct", files={"file": ("a.jpg", png(Image.new("RGB", (40, 30)), "JPEG"),
@@ -283,6 +299,7 @@ def test_interpolate_between_seeds_and_images(client):
 @pytest.mark.parametrize("form, files, needle", [
     ({"steps": "1"}, None, "steps"), ({"steps": "999"}, None, "steps"), ({"seed_a": "-4"}, None, "seed_a"),
     ({"seed_a": "x"}, None, "seed_a"), ({"seed_a": "1"}, {"a": ("a.png", b"\x89PNG", "image/png")}, "not both"),
+    ({"label": "2"}, None, "not class-conditional"), ({"invert": "x", "seed_a": "1"}, None, "invert"),
 ])
 def test_interpolate_bad_inputs(client, form, files, needle):
     r = client.post("/api/runs/vae_digits/interpolate", data=form, files=files)
@@ -337,26 +354,44 @@ def test_rescan_finds_new_runs(runs, tmp_path):
         assert [r["id"] for r in c.post("/api/rescan").json()["runs"]] == ["late"]
 
 
+def test_cross_site_posts_refused(client):
+    r = client.post("/api/runs/vae_digits/sample", json={}, headers={"origin": "https://evil.example"})
+    assert "cross-site" in err(r, 403)
+    r = client.post("/api/runs/vae_digits/sample", json={}, headers={"origin": "http://testserver"})
+    assert r.status_code == 200  # the page's own origin
+
+
+def test_serving_one_run_folder(runs):
+    with TestClient(create_app(runs / "vae_digits")) as c:
+        assert [r["id"] for r in c.get("/api/runs").json()["runs"]] == ["vae_digits"]
+
+
 def test_allowed_hosts(runs):
     app = create_app(runs, allowed_hosts=["127.0.0.1", "localhost"])
     assert "not allowed" in err(TestClient(app).get("/api/runs"), 400)  # Host: testserver (DNS rebinding)
     assert TestClient(app, base_url="http://127.0.0.1:8000").get("/api/runs").status_code == 200
 
 
-def test_flood_of_bad_requests_on_loopback(runs):
-    """~300 bad requests from 8 threads at a real server on 127.0.0.1; it still answers good ones."""
-    import httpx
+@pytest.fixture(scope="module")
+def live(runs):
+    """The studio under uvicorn on 127.0.0.1 (a free port), for what needs real concurrency."""
     import uvicorn
     server = uvicorn.Server(uvicorn.Config(create_app(runs), host="127.0.0.1", port=0, log_level="error"))
     th = threading.Thread(target=server.run, daemon=True)
     th.start()
-    for _ in range(400):
+    for _ in range(600):
         if server.started:
             break
         time.sleep(0.05)
     assert server.started
-    port = server.servers[0].sockets[0].getsockname()[1]
-    base = f"http://127.0.0.1:{port}"
+    yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    server.should_exit = True
+    th.join(10)
+
+
+def test_flood_of_bad_requests_on_loopback(live):
+    """~300 bad requests from 8 threads at a real server on 127.0.0.1; it still answers good ones."""
+    import httpx
     garbage = b"\x89PNG\r\n\x1a\n" + b"\x00" * 500
     bad = [
         lambda c: c.post("/api/runs/vae_digits/sample", json={"n": 10**6}),
@@ -367,17 +402,34 @@ def test_flood_of_bad_requests_on_loopback(runs):
         lambda c: c.post("/api/runs/vae_digits/decode", content=b"x" * (MAX_BODY + 10)),
         lambda c: c.get("/api/runs/vae_digits/files/..%2F..%2Fsecret.txt"),
     ]
-    try:
-        with httpx.Client(base_url=base, timeout=60) as c:
-            with ThreadPoolExecutor(8) as pool:
-                codes = list(pool.map(lambda i: bad[i % len(bad)](c).status_code, range(294)))
-            assert all(400 <= s < 500 for s in codes), sorted(set(codes))
-            assert c.get("/api/runs").status_code == 200
-            r = c.post("/api/runs/vae_digits/sample", json={"seed": 1})
-            assert r.status_code == 200 and r.headers["content-type"] == "image/png"
-    finally:
-        server.should_exit = True
-        th.join(10)
+    with httpx.Client(base_url=live, timeout=60) as c:
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(lambda i: bad[i % len(bad)](c).status_code, range(294)))
+        assert all(400 <= s < 500 for s in codes), sorted(set(codes))
+        assert c.get("/api/runs").status_code == 200
+        r = c.post("/api/runs/vae_digits/sample", json={"seed": 1})
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+
+
+def test_inference_does_not_block_the_server(live, monkeypatch):
+    """While a model is busy, the server still answers: inference runs in a worker thread."""
+    import httpx
+    from dgm.serve import infer
+    started, release = threading.Event(), threading.Event()
+    real = infer.decode
+
+    def slow(*a, **k):
+        started.set()
+        assert release.wait(60)
+        return real(*a, **k)
+    monkeypatch.setattr(infer, "decode", slow)
+    with httpx.Client(base_url=live, timeout=30) as c, ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(c.post, "/api/runs/vae_digits/decode", json={"z": [0, 0, 0, 0]})
+        assert started.wait(30)
+        assert c.get("/api/runs").status_code == 200  # answered while decode is still held
+        assert not pending.done()
+        release.set()
+        assert pending.result().status_code == 200
 
 
 # -- pieces -----------------------------------------------------------------------------------------------------------
@@ -429,14 +481,20 @@ def test_every_registered_family_appears(tmp_path):
     from dgm.registry import config_from_dict, families, get_family
     root = tmp_path / "runs"
     built = []
+    import dataclasses
     for name in families():
         cls = get_family(name)
-        try:
-            model = cls(config_from_dict(cls.Config, {"channels": 1, "image_size": 16, "num_classes": 10}))
-        except (TypeError, ValueError):
-            continue
-        save(model, root / name, extra={"data": {"name": "digits", "image_size": 16}})
-        built.append(name)
+        base = {"channels": 1, "image_size": 16, "num_classes": 10}
+        variants = [(name, base)]
+        if "conditional" in {f.name for f in dataclasses.fields(cls.Config)}:
+            variants.append((f"{name}-cond", {**base, "conditional": True}))
+        for run_name, cfg in variants:
+            try:
+                model = cls(config_from_dict(cls.Config, cfg))
+            except (TypeError, ValueError):
+                continue
+            save(model, root / run_name, extra={"data": {"name": "digits", "image_size": 16}})
+            built.append(run_name)
     assert {"ae", "vae"} <= set(built)
     one = digit_on_paper()
     with TestClient(create_app(root)) as c:
@@ -445,15 +503,20 @@ def test_every_registered_family_appears(tmp_path):
             d = c.get(f"/api/runs/{name}").json()
             assert d["load_error"] is None, (name, d["load_error"])
             caps = d["capabilities"]
+            label = 3 if caps["conditional"] else None
             if caps["sample"]:
                 opts = {o["name"]: 2 for o in caps["sample_options"] if o["name"] == "steps"}
-                body = {"seed": 0, "format": "json", "options": opts, "trajectory": caps["trajectory"]}
+                if any(o["name"] == "guidance" for o in caps["sample_options"]):
+                    opts["guidance"] = 2.0  # shown only for conditional models
+                body = {"seed": 0, "format": "json", "options": opts, "trajectory": caps["trajectory"], "label": label}
                 r = c.post(f"/api/runs/{name}/sample", json=body)
                 assert r.status_code == 200, (name, r.text)
                 assert ("strip" in r.json()) == caps["trajectory"], name
+                assert r.json()["labels"] == ([3] if label is not None else None), name
             if caps["decode"]:
                 z = [0.0] * caps["latent_dim"]
-                assert c.post(f"/api/runs/{name}/decode", json={"z": z}).status_code == 200, name
+                r = c.post(f"/api/runs/{name}/decode", json={"z": z, "label": label})
+                assert r.status_code == 200, (name, r.text)
             if caps["reconstruct"]:
                 r = c.post(f"/api/runs/{name}/reconstruct", files={"file": ("1.png", one, "image/png")})
                 assert r.status_code == 200, (name, r.text)
@@ -462,3 +525,18 @@ def test_every_registered_family_appears(tmp_path):
                     r = c.post(f"/api/runs/{name}/translate", files={"file": ("1.png", one, "image/png")},
                                data={"direction": direction})
                     assert r.status_code == 200, (name, direction, r.text)
+
+
+def test_every_text_has_english_and_persian():
+    """Each key in the page's English dictionary has a Persian text, and each data-i18n key in the page exists."""
+    import re
+    from dgm.serve.app import STATIC
+    js = (STATIC / "app.js").read_text()
+    en = js[js.index("  en: {"):js.index("  fa: {")]
+    fa = js[js.index("  fa: {"):js.index("\n};")]
+    keys = lambda block: set(re.findall(r"\b([a-z_]+): \"", block))  # noqa: E731
+    assert keys(en) and keys(en) == keys(fa), keys(en) ^ keys(fa)
+    assert all(re.search(r"[\u0600-\u06FF]", v) for k, v in re.findall(r"\b([a-z_]+): \"([^\"]*)\"", fa)
+               if k not in ("lang_button",))
+    used = set(re.findall(r'data-i18n="([a-z_]+)"', (STATIC / "index.html").read_text()))
+    assert used <= keys(en), used - keys(en)

@@ -259,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = add("traverse", cmd_traverse, "latent traversals: one row per latent dimension (sorted by KL), a grid + GIF")
     run_args(s)
-    s.add_argument("--seed-index", type=int, default=0, help="test image whose posterior mean is the centre (default 0)")
+    s.add_argument("--seed-index", type=int, help="test image whose posterior mean is the centre "
+                                                  "(default: the most typical test image)")
     s.add_argument("--steps", type=int, default=10, help="values per row (default 10)")
     s.add_argument("--limit", type=float, default=3.0, help="values run from -LIMIT to LIMIT (default 3)")
     s.add_argument("--dims", type=int, help="only the DIMS most used dimensions (default all)")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
 import typing
 from pathlib import Path
@@ -109,11 +108,9 @@ def train(family: str, data: str = "digits", *, steps: int = 0, epochs: float = 
         tcfg = config_from_dict(TrainConfig, train_kw)
     except (TypeError, ValueError) as e:
         raise UsageError(str(e)) from None
-    # e.g. fetch a frozen helper network; resume restores it instead. Only a `prepare(data, data_dir=...)` hook:
-    # the VAE's own `prepare(x)` (batch binarisation) shares the name.
-    prep = getattr(model, "prepare", None)
-    if prep is not None and not resume and "data_dir" in inspect.signature(prep).parameters:
-        model.prepare(ds, data_dir=data_dir)
+    # A family may check its data or fetch a frozen helper network first; resume restores that from the checkpoint.
+    if hasattr(model, "prepare_training") and not resume:
+        model.prepare_training(ds, data_dir=data_dir)
     extra = {"data": {"name": data, "image_size": h, "data_dir": str(data_dir) if data_dir else None}}
     trainer = Trainer(model, ds, tcfg, out, extra_config=extra, progress=progress)
     trainer.fit(resume=resume, stop_at=stop_at)

@@ -22,30 +22,40 @@ def latent_order(model, data: ImageData, n: int = 2000) -> tuple[list[int], list
     VAE: the average KL(q(z_d|x) || N(0, 1)) per dimension over n images (collapsed dimensions have KL ~ 0).
     AE (no posterior): the variance of the code over the images.
     """
+    order, score, name, _ = _usage(model, data, n)
+    return order, score, name
+
+
+def _usage(model, data: ImageData, n: int):
     x = to_float(data.images[:n]).to(model.device)
     out = model.encode(x)
     if isinstance(out, tuple):
         mu, logvar = out[0].float(), out[1].float()
         score, name = (0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)).mean(0), "KL"
     else:
-        score, name = out.float().var(0), "var"
+        mu = out.float()
+        score, name = mu.var(0), "var"
     order = torch.argsort(score, descending=True)
-    return order.tolist(), score[order].tolist(), name
+    # The most typical image (code nearest the average code): a centred, mid-sized sprite on dSprites.
+    typical = int((mu - mu.mean(0)).pow(2).sum(1).argmin())
+    return order.tolist(), score[order].tolist(), name, typical
 
 
 @torch.inference_mode()
-def traversal_images(model, data: ImageData, seed_index: int = 0, steps: int = 10, limit: float = 3.0,
+def traversal_images(model, data: ImageData, seed_index: int | None = None, steps: int = 10, limit: float = 3.0,
                      dims: int | None = None) -> tuple[torch.Tensor, list[int], list[float], str, torch.Tensor]:
     """Decoded traversals, (rows, steps, C, H, W) in [0, 1], one row per latent dimension (sorted by use).
 
     Row d sets z_d to each of ``steps`` values in [-limit, limit] (prior standard deviations; for an AE, the code's
-    running mean +- limit running std), the other dimensions to the seed image's posterior mean (or code).
+    running mean +- limit running std), the other dimensions to the seed image's posterior mean (or code). The seed
+    image is ``data.images[seed_index]``; None picks the most typical of the first 2000 (code nearest their mean).
     """
     if steps < 2:
         raise ValueError(f"steps must be >= 2, got {steps}")
-    if not 0 <= seed_index < len(data):
+    if seed_index is not None and not 0 <= seed_index < len(data):
         raise ValueError(f"seed index {seed_index} outside the {len(data)} images of {data.name}")
-    order, score, name = latent_order(model, data)
+    order, score, name, typical = _usage(model, data, 2000)
+    seed_index = typical if seed_index is None else seed_index
     if dims is not None:
         if dims < 1:
             raise ValueError(f"dims must be >= 1, got {dims}")
@@ -77,7 +87,7 @@ def _labelled(grid_img, labels: list[str], row_h: float, top: int, width: int = 
     return canvas
 
 
-def write_traversal(model, path: str | os.PathLike, data: ImageData, seed_index: int = 0, steps: int = 10,
+def write_traversal(model, path: str | os.PathLike, data: ImageData, seed_index: int | None = None, steps: int = 10,
                     limit: float = 3.0, dims: int | None = None, gif: bool = True) -> list[Path]:
     """Write the traversal grid (PNG, rows labelled with the dimension and its KL) and an animated GIF beside it
     (each frame shows every dimension at one value, sweeping -limit -> limit -> -limit). Returns the paths."""

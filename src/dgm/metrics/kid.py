@@ -23,9 +23,11 @@ def polynomial_mmd2_unbiased(x: torch.Tensor, y: torch.Tensor) -> float:
     """Unbiased MMD^2 (Gretton et al. 2012, eq. 3) with the KID kernel k(a, b) = (a.b / d + 1)^3 (Binkowski et al.
     2018, sec. 3): the means of k over distinct pairs within x and within y, minus twice the mean over x-y pairs."""
     m, n, d = len(x), len(y), x.shape[1]
-    kxx = (x @ x.T / d + 1) ** 3
-    kyy = (y @ y.T / d + 1) ** 3
-    kxy = (x @ y.T / d + 1) ** 3
+    # Products in float32 (4x cheaper on 2048-d Inception features), kernels and sums in float64.
+    x, y = x.float(), y.float()
+    kxx = ((x @ x.T).double() / d + 1) ** 3
+    kyy = ((y @ y.T).double() / d + 1) ** 3
+    kxy = ((x @ y.T).double() / d + 1) ** 3
     sxx = (kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1))
     syy = (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1))
     return float(sxx + syy - 2 * kxy.mean())

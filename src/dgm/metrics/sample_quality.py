@@ -110,18 +110,22 @@ def protocol(ext, ctx, n_ref: int, n_fake: int) -> dict:
 
 def fid_record(kind: str, model, ctx) -> dict:
     from dgm.metrics import fid
-    ext = extractor(kind, model, ctx)
-    if ext is None:
-        return {}
     name, size = data_info(ctx)
     ref_n = int(ctx.options.get("ref_n", 10_000))
+    # Inception's size is known before its weights are loaded: check N first, it is the cheaper mistake to catch.
+    ext = None if kind == "inception" else extractor(kind, model, ctx)
+    dim = fid.InceptionExtractor.dim if kind == "inception" else ext.dim if ext is not None else 0
+    n_ref = min(ref_n, len(ctx.data("train")))
+    if dim and min(ctx.n, n_ref) <= dim:  # fewer samples than dimensions: a singular covariance, a meaningless number
+        raise ValueError(f"{kind} FID on {dim}-d features needs more than {dim} samples and reference images; "
+                         f"got --n {ctx.n} and {n_ref} reference images ({name} train, --ref-n {ref_n})")
+    ext = ext or extractor(kind, model, ctx)
+    if ext is None:
+        return {}
     bs = int(ctx.options.get("batch_size", 50 if kind == "inception" else 500))
     ref = fid.reference_stats(name, ext, "train", ref_n, data_dir=ctx.data_dir, image_size=size, seed=ctx.seed,
                               batch_size=bs)
     fake = fid.features(generated(model, ctx), ext, bs, desc=f"{kind} features (samples)")
-    if len(fake) <= fake.shape[1]:
-        raise ValueError(f"{kind} FID on {fake.shape[1]}-d features needs more than {fake.shape[1]} samples; "
-                         f"got --n {len(fake)}")
     value = fid.frechet_distance(ref["mu"], ref["sigma"], *fid.feature_stats(fake))
     rec = {"value": value, **protocol(ext, ctx, ref["n"], len(fake))}
     if kind == "inception" and ext.precision != "fp32":

@@ -55,8 +55,9 @@ def label_preservation(model, test: ImageData, clf_a, clf_b, n: int | None = Non
                 f2 = torch.cat([clf.features(to_float(xt[i:i + 1000])).float().cpu() for i in range(0, len(xt), 1000)])
             out[f"domain_fid_{key}"] = {
                 "value": fid_from_features(f1.double().numpy(), f2.double().numpy()), "split": "test",
-                "n": len(fake), "protocol": f"domain FID (not Inception FID): Frechet distance on the {dst} classifier's "
-                                            f"penultimate features, translations vs {dst} test split (n={len(xt)})"}
+                "n": len(fake),
+                "protocol": f"domain FID (not Inception FID): Frechet distance on the {dst} classifier's "
+                            f"penultimate features, translations vs {dst} test split (n={len(xt)})"}
     return out
 
 

@@ -143,14 +143,17 @@ class CycleGAN(GenerativeModel):
             if c.num_classes < 2:
                 raise ValueError("semantic_weight > 0 needs a labelled domain A (a classifier of A's classes)")
             from dgm.models.classifier import Classifier, ClassifierConfig
-            # Weights come from the cached classifier in prepare(); afterwards they travel in this model's file.
+            # Weights: the cached classifier, loaded by prepare_training(); then they travel in this model's file.
             self.f_s = Classifier(ClassifierConfig(channels=ca, image_size=s, num_classes=c.num_classes))
             self.f_s.requires_grad_(False).eval()
         self._fakes: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # -- set-up ----------------------------------------------------------------------------------------------
-    def prepare(self, data, data_dir=None) -> None:
-        """Before training: load the frozen source classifier f_S (trained and cached on first use)."""
+    def prepare_training(self, data, data_dir=None) -> None:
+        """Before training: check the data is unpaired; load the frozen source classifier f_S (cached on first use)."""
+        if getattr(data, "b", None) is None:
+            raise ValueError(f"cyclegan trains on two domains: use --data unpaired:A,B (e.g. unpaired:mnist,usps) or "
+                             f"unpaired:PATH with trainA/ trainB/ folders, not {getattr(data, 'name', data)!r}")
         if self.f_s is None:
             return
         name = self.config.semantic_classifier or getattr(data, "a_name", "") or data.name
@@ -188,6 +191,8 @@ class CycleGAN(GenerativeModel):
 
     def loss(self, batch, phase):
         c = self.config
+        if batch[1] is None or batch[1].dtype != torch.uint8:
+            raise ValueError("CycleGAN batches are (images A, images B) from unpaired data (unpaired:A,B)")
         a, b = to_float(batch[0], "-11"), to_float(batch[1], "-11")  # (B, C_a, H, W), (B, C_b, H, W)
         # Only the phase's own networks need weight gradients; freezing the others saves backward work.
         for net in (self.G_AB, self.G_BA):

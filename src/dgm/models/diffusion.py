@@ -121,7 +121,7 @@ class Diffusion(GenerativeModel):
                      guidance: float = 1.0, net=None) -> torch.Tensor:
         """The network's output at (x_t, t), with classifier-free guidance when `guidance` != 1 (both halves in one
         batch of 2B). Guidance is linear in the output, so it is the same for eps, x0 and v prediction."""
-        net = net or self.net
+        net = self.net if net is None else net
         tt = torch.as_tensor(t, device=x.device).expand(x.shape[0])
         if cond is None or guidance == 1.0:
             return net(x, tt, cond).float()

@@ -27,6 +27,14 @@ class VAEConfig(ImageConfig):
     arch: str = "conv"                       # "conv" or "mlp"
     conv_channels: tuple[int, ...] = (32, 64)
     mlp_hidden: tuple[int, ...] = (512, 256)
+    # Conv-net shape (defaults: dgm's nets; see dgm.nn.conv.make_encoder_decoder for pythae's MNIST nets).
+    conv_kernel: int = 3                     # encoder kernel, 3 or 4 (stride 2, padding 1)
+    deconv_kernel: int = 0                   # decoder kernel: 0 automatic (4 where the size doubles), or 3
+    conv_norm: str = "none"                  # "none" or "batch" (BatchNorm after each conv but the last deconv)
+    conv_act: str = "silu"                   # "silu" or "relu"
+    conv_hidden: int = 256                   # hidden layer between convs and latent; 0: one linear map
+    decoder_channels: tuple[int, ...] = ()   # () mirrors conv_channels
+    conv_gemm: bool = False                  # small-output convs as matrix products (same maths; faster bf16 on CPU)
     likelihood: str = "bernoulli"            # "bernoulli" (binary pixels) or "gaussian" (continuous pixels)
     binarize: bool = True                    # dynamic binarisation of training batches (Bernoulli likelihood)
     beta: float = 1.0                        # beta > 1: beta-VAE (Higgins et al. 2017)
@@ -54,8 +62,10 @@ class VAE(GenerativeModel):
         c = config
         if c.likelihood not in ("bernoulli", "gaussian"):
             raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {c.likelihood!r}")
-        self.encoder, self.decoder = make_encoder_decoder(c.arch, c.channels, c.image_size, c.conv_channels,
-                                                          c.mlp_hidden, 2 * c.latent_dim, c.latent_dim)
+        self.encoder, self.decoder = make_encoder_decoder(
+            c.arch, c.channels, c.image_size, c.conv_channels, c.mlp_hidden, 2 * c.latent_dim, c.latent_dim,
+            conv_kernel=c.conv_kernel, deconv_kernel=c.deconv_kernel, conv_norm=c.conv_norm, conv_act=c.conv_act,
+            conv_hidden=c.conv_hidden, decoder_channels=c.decoder_channels, conv_gemm=c.conv_gemm)
         if c.likelihood == "gaussian":
             # One learned noise level for all pixels: a proper density, so the ELBO is a bound on log p(x).
             self.log_sigma = nn.Parameter(torch.tensor(-1.0))

@@ -8,6 +8,7 @@ parsed; n, steps, image size and every number are range-checked; inference runs 
 a bounded queue (a flood gets 503 instead of piling up), so the event loop keeps answering. Every error is JSON
 ``{"error": "what is wrong"}`` with a 4xx code (5xx only for a fault in the model itself).
 """
+import json
 import math
 import secrets
 from pathlib import Path
@@ -103,6 +104,11 @@ def create_app(runs_dir: str | Path = "runs", *, device: str = "cpu", data_dir: 
             host = (request.headers.get("host") or "").rsplit(":", 1)[0].strip("[]")
             if host not in allowed_hosts:
                 return error(400, f"host {host!r} not allowed (this studio answers {', '.join(allowed_hosts)})")
+        origin = request.headers.get("origin")
+        if request.method not in ("GET", "HEAD", "OPTIONS") and origin and origin != "null":
+            # Another web page's form or script posting to this local studio (CSRF): browsers always say whence.
+            if origin.split("://", 1)[-1] != request.headers.get("host", ""):
+                return error(403, f"cross-site request from {origin} refused")
         response = await call_next(request)
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "no-referrer"
@@ -182,6 +188,12 @@ def create_app(runs_dir: str | Path = "runs", *, device: str = "cpu", data_dir: 
             raise StudioError(422, f"a {run.config.get('family')} run cannot {' or '.join(missing)}")
         return have
 
+    def check_framing(invert: str, fit: str) -> None:
+        if invert not in ("auto", "yes", "no"):
+            raise StudioError(422, f"invert must be 'auto', 'yes' or 'no', got {invert!r}")
+        if fit not in ("auto", "object", "square", "stretch"):
+            raise StudioError(422, f"fit must be 'auto', 'object', 'square' or 'stretch', got {fit!r}")
+
     async def read_upload(f: UploadFile | None, what: str = "file") -> bytes:
         if f is None:
             raise StudioError(422, f"{what}: an image file is required")
@@ -244,16 +256,25 @@ def create_app(runs_dir: str | Path = "runs", *, device: str = "cpu", data_dir: 
     @app.get("/api/leaderboard")
     async def leaderboard():
         """Runs with eval.json numbers, grouped by dataset (numbers are only comparable on the same data)."""
+        from dgm.metrics.leaderboard import BETTER, ORDER, PROTOCOL_KEYS  # `dgm leaderboard`'s column order
         groups: dict[str, dict[str, Any]] = {}
+        protocols: dict[tuple[str, str], set[str]] = {}
         for r in studio.runs.values():
             ev = r.eval_results()
             if not ev:
                 continue
             g = groups.setdefault(r.dataset, {"columns": {}, "rows": []})
             for k, v in ev.items():
-                g["columns"].setdefault(k, {"unit": v.get("unit"), "protocol": v.get("protocol")})
+                g["columns"].setdefault(k, {"unit": v.get("unit"), "protocol": v.get("protocol"),
+                                            "better": BETTER.get(k)})
+                protocols.setdefault((r.dataset, k), set()).add(
+                    json.dumps({p: v.get(p) for p in PROTOCOL_KEYS if p in v}, sort_keys=True, default=str))
             g["rows"].append({"id": r.id, "name": r.name, "family": r.config.get("family"),
                               "step": r.last_log().get("step"), "values": {k: v["value"] for k, v in ev.items()}})
+        rank = {k: i for i, k in enumerate(ORDER)}
+        for ds, g in groups.items():
+            cols = sorted(g["columns"], key=lambda k: (rank.get(k, len(rank)), k))
+            g["columns"] = {k: {**g["columns"][k], "comparable": len(protocols[(ds, k)]) == 1} for k in cols}
         return {"datasets": groups}
 
     # -- inference API ---------------------------------------------------------------------------------------------
@@ -311,6 +332,7 @@ def create_app(runs_dir: str | Path = "runs", *, device: str = "cpu", data_dir: 
     async def encode(run_id: str, file: UploadFile | None = File(None), invert: str = Form("auto"),
                      fit: str = Form("auto")):
         needs(studio.run(run_id), "encode")
+        check_framing(invert, fit)
         data = await read_upload(file)
 
         def go():
@@ -324,6 +346,7 @@ def create_app(runs_dir: str | Path = "runs", *, device: str = "cpu", data_dir: 
                           fit: str = Form("auto"), format: Literal["png", "json"] = Form("png")):
         run = studio.run(run_id)
         caps = needs(run, "reconstruct")
+        check_framing(invert, fit)
         data = await read_upload(file)
 
         def go():
@@ -343,6 +366,7 @@ def create_app(runs_dir: str | Path = "runs", *, device: str = "cpu", data_dir: 
         needs(studio.run(run_id), "translate")
         if direction not in ("AtoB", "BtoA"):
             raise StudioError(422, f"direction must be 'AtoB' or 'BtoA', got {direction!r}")
+        check_framing(invert, fit)
         data = await read_upload(file)
 
         def go():
@@ -365,6 +389,7 @@ def create_app(runs_dir: str | Path = "runs", *, device: str = "cpu", data_dir: 
         run = studio.run(run_id)
         caps = needs(run, "decode")
         check_label(run, label)
+        check_framing(invert, fit)
         ends = {}
         for name, f, s in (("a", a, seed_a), ("b", b, seed_b)):
             if f is not None and s is not None:

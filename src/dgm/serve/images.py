@@ -46,6 +46,9 @@ def decode_upload(data: bytes, channels: int, size: int, *, invert: str = "auto"
         img.load()  # the header was fine; this decodes the pixels and finds truncated or corrupt data
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise StudioError(400, f"the uploaded image is corrupt or truncated: {e}") from None
+    # Framing needs no more than ~1000 pixels a side for a model input of at most a few hundred: shrink first, so a
+    # 4096x4096 upload never becomes a 200 MB float tensor.
+    img.thumbnail((1024, 1024), Image.BILINEAR)
     img = _flatten_alpha(img)
     img = img.convert("L" if channels == 1 else "RGB")
     x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(img.height, img.width, -1)
@@ -63,16 +66,17 @@ def decode_upload(data: bytes, channels: int, size: int, *, invert: str = "auto"
 def _flatten_alpha(img):
     """Composite transparency onto the colour that contrasts with the opaque pixels (a black stroke on a transparent
     canvas becomes black on white, a white stroke white on black)."""
+    import numpy as np
     from PIL import Image
     if img.mode == "P":
         img = img.convert("RGBA")
     if img.mode not in ("RGBA", "LA"):
         return img
     rgba = img.convert("RGBA")
-    alpha = rgba.getchannel("A")
-    lum = rgba.convert("L")
-    opaque = [v for v, a in zip(lum.getdata(), alpha.getdata()) if a > 127][:100_000]
-    bg = (0, 0, 0, 255) if opaque and sum(opaque) / len(opaque) > 127 else (255, 255, 255, 255)
+    alpha = np.asarray(rgba.getchannel("A"))
+    lum = np.asarray(rgba.convert("L"))
+    opaque = lum[alpha > 127]
+    bg = (0, 0, 0, 255) if opaque.size and opaque.mean() > 127 else (255, 255, 255, 255)
     base = Image.new("RGBA", rgba.size, bg)
     return Image.alpha_composite(base, rgba).convert("RGB")
 

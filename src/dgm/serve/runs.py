@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 import re
 import threading
@@ -103,7 +104,8 @@ class Run:
             res = json.loads(p.read_text()) if p.is_file() else {}
         except (OSError, ValueError):
             return {}
-        return {k: v for k, v in res.items() if isinstance(v, dict) and isinstance(v.get("value"), (int, float))}
+        return {k: finite(v) for k, v in res.items() if isinstance(v, dict) and isinstance(v.get("value"), (int, float))
+                and math.isfinite(v["value"])}
 
     def last_log(self) -> dict[str, Any]:
         """The last line of metrics.jsonl (step, losses), read from the end so large logs stay cheap."""
@@ -113,7 +115,7 @@ class Run:
                 f.seek(0, os.SEEK_END)
                 f.seek(max(0, f.tell() - 4096))
                 lines = f.read().decode("utf-8", "replace").strip().splitlines()
-            return json.loads(lines[-1]) if lines else {}
+            return finite(json.loads(lines[-1])) if lines else {}
         except (OSError, ValueError, IndexError):
             return {}
 
@@ -337,15 +339,26 @@ class Studio:
         elif hasattr(model, "code_mean") and hasattr(model, "code_var"):
             mean, std = model.code_mean.float().cpu(), model.code_var.float().cpu().sqrt().clamp_min(1e-3)
         order = torch.argsort(score, descending=True, stable=True).tolist()
-        run._stats = {"order": order, "score": [float(score[i]) for i in order], "sorted_by": how,
-                      "mean": mean.tolist(), "std": std.tolist(), "content_fraction": margin}
+        run._stats = finite({"order": order, "score": [float(score[i]) for i in order], "sorted_by": how,
+                             "mean": mean.tolist(), "std": std.tolist(), "content_fraction": margin})
         return run._stats
 
     def summary(self, run_id: str) -> dict[str, Any]:
         run = self.run(run_id)
         s = run.summary()
-        s.update(config=run.config, figures=sorted(run.files()), last_log=run.last_log())
+        s.update(config=finite(run.config), figures=sorted(run.files()), last_log=run.last_log())
         return s
+
+
+def finite(obj: Any) -> Any:
+    """A copy with NaN and infinities as None: JSON has no such numbers (a diverged run's log may hold them)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
 
 
 def content_fraction(x01: torch.Tensor) -> float:

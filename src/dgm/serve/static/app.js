@@ -28,6 +28,7 @@ const I18N = {
     figures: "Figures", no_figures: "No figures in this run folder yet.",
     leaderboard: "Leaderboard", no_board: "No run has been evaluated yet.", dataset: "dataset", family: "family",
     step: "step", name: "run", trained_steps: "{family} · {dataset} · step {step}",
+    not_comparable: "measured differently across runs: not comparable",
     footer: "dgm: deep generative models as the lecture teaches them",
     opt_sampler: "sampler", opt_steps: "steps", opt_guidance: "guidance", opt_eta: "eta",
     empty_pad: "Draw something first, or upload an image.",
@@ -57,6 +58,7 @@ const I18N = {
     figures: "تصاویر و نمودارها", no_figures: "هنوز تصویری در پوشهٔ این مدل نیست.",
     leaderboard: "جدول رده‌بندی", no_board: "هنوز هیچ مدلی ارزیابی نشده است.", dataset: "داده", family: "خانواده",
     step: "گام", name: "مدل", trained_steps: "{family} · {dataset} · گام {step}",
+    not_comparable: "در مدل‌ها به روش‌های گوناگون اندازه‌گیری شده: قابل مقایسه نیست",
     footer: "dgm: مدل‌های مولد عمیق، همان‌گونه که در درس آمده‌اند",
     opt_sampler: "نمونه‌بردار", opt_steps: "تعداد گام", opt_guidance: "ضریب هدایت", opt_eta: "اِتا",
     empty_pad: "اول چیزی بکشید یا تصویری بارگذاری کنید.",
@@ -166,6 +168,7 @@ async function selectRun(id, first) {
   S.run = { ...S.runs.find((r) => r.id === id), ...detail };
   const c = S.run.capabilities;
   if (detail.load_error) toast(detail.load_error);
+  setAddress();
   S.latent = null; S.z = null; S.sampleZ = null; S.label = null; S.ends = { a: null, b: null };
   $("hero").hidden = !c.sample;
   $("explorer").hidden = !c.decode;
@@ -268,7 +271,7 @@ async function newSample(seed) {
   if (r.strip) $("strip-img").src = r.strip;
   S.label = r.labels ? r.labels[0] : null;  // a conditional decoder draws the same class in the explorer
   if (r.z) { S.sampleZ = r.z[0]; if (S.latent) setZ(S.sampleZ.slice()); }
-  S.lastBody = body;
+  S.lastBody = { ...body, run: S.run.id };
   updateLink(body);
 }
 function updateLink(body) {
@@ -277,6 +280,9 @@ function updateLink(body) {
   if (body.label !== undefined) q.set("label", String(body.label));
   for (const [k, v] of Object.entries(body.options || {})) q.set("opt." + k, String(v));
   $("seed-link").href = `${location.pathname}?${q}`;
+  setAddress();
+}
+function setAddress() {
   // The address bar keeps the run and language but not the seed, so reloading shows a fresh sample.
   const here = new URLSearchParams({ run: S.run.id });
   if (S.lang !== "en") here.set("lang", S.lang);
@@ -299,6 +305,15 @@ function renderExplorerHint() {
 function buildSliders() {
   const L = S.latent, box = $("sliders");
   box.replaceChildren();
+  if (L.sorted_by !== "index") {  // a header over the numbers: the value, and what the dims are sorted by
+    const head = document.createElement("div");
+    head.className = "slider head";
+    const cells = ["", "", "z", L.sorted_by === "kl" ? "KL" : "var"].map((x) => {
+      const c = document.createElement("span"); c.textContent = x; return c;
+    });
+    head.append(...cells);
+    box.append(head);
+  }
   L.order.slice(0, MAX_SLIDERS).forEach((dim, rank) => {
     const row = document.createElement("label");
     row.className = "slider";
@@ -308,7 +323,7 @@ function buildSliders() {
     const input = document.createElement("input");
     input.type = "range";
     const lo = L.mean[dim] - 3 * L.std[dim], hi = L.mean[dim] + 3 * L.std[dim];
-    Object.assign(input, { min: String(lo), max: String(hi), step: String((hi - lo) / 200) });
+    Object.assign(input, { min: String(lo), max: String(hi), step: "any" });  // "any": a code is shown exactly
     input.dataset.dim = String(dim);
     input.setAttribute("aria-label", `latent dimension ${dim}`);
     input.addEventListener("input", () => { S.z[dim] = Number(input.value); showVal(input); scheduleDecode(); });
@@ -507,9 +522,20 @@ async function renderBoard() {
       return [link, r.family, r.step === null || r.step === undefined ? "" : num(r.step),
         ...cols.map((c) => (r.values[c] === undefined ? "" : fmt(r.values[c])))];
     });
-    const tb = table([t("name"), t("family"), t("step"), ...cols], rows);
+    const arrow = (c) => ({ up: " ↑", down: " ↓" }[g.columns[c].better] || "");
+    const tb = table([t("name"), t("family"), t("step"), ...cols.map((c) => c + arrow(c))], rows);
     tb.querySelectorAll("tbody tr").forEach((tr, i) => { if (g.rows[i].id === S.run.id) tr.className = "current"; });
-    cols.forEach((c, i) => { const th = tb.tHead.rows[0].cells[3 + i]; th.title = g.columns[c].protocol || ""; });
+    cols.forEach((c, i) => {
+      const col = g.columns[c], th = tb.tHead.rows[0].cells[3 + i];
+      th.title = (col.protocol || "") + (col.comparable ? "" : ` (${t("not_comparable")})`);
+      if (!col.comparable) th.classList.add("mixed");
+      // The best value of a column in bold, where the metric says which way is better and there is a contest.
+      const vals = g.rows.map((r) => r.values[c]);
+      const have = vals.filter((v) => v !== undefined);
+      if (!col.better || have.length < 2 || !col.comparable) return;
+      const best = col.better === "up" ? Math.max(...have) : Math.min(...have);
+      vals.forEach((v, j) => { if (v === best) tb.tBodies[0].rows[j].cells[3 + i].classList.add("best"); });
+    });
     box.append(h, tb);
   }
 }
@@ -549,7 +575,8 @@ for (const w of ["a", "b"]) {  // the "your image ×" tag goes back to a seed
 $("lang-toggle").addEventListener("click", () => {
   S.lang = S.lang === "fa" ? "en" : "fa";
   applyLang();
-  if (S.run && S.lastBody) updateLink(S.lastBody);
+  if (S.run && S.lastBody && S.lastBody.run === S.run.id) updateLink(S.lastBody);
+  else if (S.run) setAddress();
 });
 
 clearPad();
