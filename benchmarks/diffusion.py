@@ -147,8 +147,8 @@ ROWS = "ddim-50,dpm++2m-20,ddim-10,dpm++2m-10,ddim-20,ddim-100,ddpm-1000"
 
 def write_results(res, a):
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "diffusion.json").write_text(json.dumps(res, indent=2))
-    (RESULTS / "diffusion.md").write_text(table(res, a))
+    (RESULTS / f"{a.name}.json").write_text(json.dumps(res, indent=2))
+    (RESULTS / f"{a.name}.md").write_text(table(res, a))
 
 
 def table(res, a) -> str:
@@ -190,6 +190,7 @@ def main():
     p.add_argument("--n-ddpm", type=int, default=16, help="samples for 1000-step DDPM (domain FID needs > 128)")
     p.add_argument("--batch", type=int, default=250, help="sampling batch")
     p.add_argument("--sample-precision", default="bf16", choices=("fp32", "bf16"))
+    p.add_argument("--name", default="diffusion", help="results file name under benchmarks/results/")
     p.add_argument("--rows", default=ROWS, help="samplers to compare, in order (SAMPLER-STEPS,...)")
     p.add_argument("--bpd-n", type=int, default=50)
     p.add_argument("--bpd-t", type=int, default=20, help="stratified timesteps per image for the bound (0: all)")

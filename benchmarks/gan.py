@@ -126,7 +126,7 @@ def main():
     results_dir.mkdir(parents=True, exist_ok=True)
     out = {"date": str(date.today()), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads (shared)",
            "command": "python benchmarks/gan.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items()
-                                                           if k not in ("runs", "results", "data_dir", "dry", "cont", "fid_only")),
+                                                           if k not in ("runs", "results", "data_dir", "dry", "cont", "fid_only", "speed")),
            "data": a.data, "runs": {}}
     json_path = results_dir / f"gan_{a.data}{'_dry' if a.dry else ''}.json"
     if a.cont and json_path.is_file():

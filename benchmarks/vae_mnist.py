@@ -30,7 +30,7 @@ def main():
     p.add_argument("--precision", default="bf16")
     p.add_argument("--lr", default="1e-3")
     p.add_argument("--k", type=int, default=5000)
-    p.add_argument("--nll-n", type=int, default=1000, help="test images for the IWAE NLL (10000 = full test set)")
+    p.add_argument("--nll-n", type=int, default=300, help="test images for the IWAE NLL (10000 = full test set)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default="runs/bench_vae_mnist")
     p.add_argument("--results", default="benchmarks/results/vae_mnist.json")

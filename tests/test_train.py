@@ -129,3 +129,12 @@ def test_two_process_data_parallel_equals_single_process(tmp_path):
         assert torch.allclose(a[k], b[k], atol=1e-6), (k, (a[k] - b[k]).abs().max())
     start = AE(AEConfig(channels=1, image_size=8, latent_dim=3, arch="mlp", mlp_hidden=(32,)))
     assert not torch.allclose(a[params[0]], start.state_dict()[params[0]])  # it did train
+
+
+def test_same_seed_same_run(tmp_path):
+    from dgm.tasks import train
+    kw = dict(image_size=8, progress=False, figures=False,
+              overrides={"latent_dim": "2", "conv_channels": "4,8", "steps": "3", "batch_size": "16"})
+    a, b = train("vae", "digits", out=tmp_path / "a", **kw), train("vae", "digits", out=tmp_path / "b", **kw)
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -58,6 +58,9 @@ def main(argv=None):
     ap.add_argument("--test-n", type=int, default=1000)
     ap.add_argument("--bpd-n", type=int, default=200)
     ap.add_argument("--sample-n", type=int, default=64)
+    ap.add_argument("--vae-runs", default="fp32,bf16-gemm", help="VAE settings: fp32, bf16, bf16-gemm (conv_gemm=true)")
+    ap.add_argument("--unet-runs", default="fp32,bf16,fp32-seed1", help="UNet runs: fp32, bf16, fp32-seed1")
+    ap.add_argument("--compile", action="store_true", help="also compare torch.compile'd sampling (slow to compile)")
     ap.add_argument("--data-dir")
     ap.add_argument("--out", default=str(HERE.parent / "results" / "compare_quality"))
     a = ap.parse_args(argv)
@@ -67,16 +70,18 @@ def main(argv=None):
     curves = {}
 
     # 1. VAE, pythae's nets: fp32 vs bf16 from the same weights and batches.
-    for prec in ("fp32", "bf16"):
+    for prec in a.vae_runs.split(","):
         torch.manual_seed(0)
-        m, curve, dt = train(VAE(VAEConfig(**VAE_KW)), tr, a.vae_steps, 128, prec, {"lr": 1e-3})
+        m, curve, dt = train(VAE(VAEConfig(**VAE_KW, conv_gemm=prec.endswith("gemm"))), tr, a.vae_steps, 128,
+                             prec.split("-")[0], {"lr": 1e-3})
         res["vae"][prec] = {"test_elbo": vae_elbo(m, te), "final_loss": curve[-1][1], "train_s": dt}
         curves[f"VAE {prec}"] = curve
         print("vae", prec, res["vae"][prec], flush=True)
 
     # 2. Diffusion UNet: fp32 vs bf16 training, then the samplers on the fp32 model.
     models = {}
-    for prec, seed in (("fp32", 0), ("bf16", 0), ("fp32-seed1", 1)):
+    for prec in a.unet_runs.split(","):
+        seed = 1 if prec.endswith("seed1") else 0
         torch.manual_seed(seed)
         m, curve, dt = train(Diffusion(DiffusionConfig(**UNET_KW)), tr, a.unet_steps, 64, prec.split("-")[0],
                              {"lr": 2e-4, "optimizer": "adamw", "ema_decay": 0.0, "grad_clip": 1.0, "warmup_steps": 50},
@@ -96,9 +101,12 @@ def main(argv=None):
             return m.sample(a.sample_n, generator=torch.Generator().manual_seed(0), sampler="ddim", steps=50,
                             compile=compile)
     ref = draw(models["fp32"], "fp32")
-    diffs = {"bf16 autocast": draw(models["fp32"], "bf16"), "fp32 compiled": draw(models["fp32"], "fp32", True),
-             "bf16 autocast compiled": draw(models["fp32"], "bf16", True),
-             "another fp32 model (seed 1)": draw(models["fp32-seed1"], "fp32")}
+    diffs = {"bf16 autocast": draw(models["fp32"], "bf16")}
+    if a.compile:
+        diffs.update({"fp32 compiled": draw(models["fp32"], "fp32", True),
+                      "bf16 autocast compiled": draw(models["fp32"], "bf16", True)})
+    if "fp32-seed1" in models:
+        diffs["another fp32 model (seed 1)"] = draw(models["fp32-seed1"], "fp32")
     res["sampling_vs_fp32"] = {k: {"mean_abs_diff": float((v - ref).abs().mean()),
                                    "max_abs_diff": float((v - ref).abs().max())} for k, v in diffs.items()}
     print("sampling", res["sampling_vs_fp32"], flush=True)
@@ -112,7 +120,7 @@ def main(argv=None):
     for ax, fam in zip(axes, ("VAE", "UNet")):
         for k, c in curves.items():
             if k.startswith(fam):
-                ax.plot([s for s, _ in c], [v for _, v in c], label=k.split()[1], lw=1.2)
+                ax.plot([st for st, _ in c], [val for _, val in c], label=k.split()[1], lw=1.2)
         ax.set_xlabel("step")
         ax.set_ylabel("training loss (mean over 10 steps)")
         ax.set_yscale("log")
@@ -121,12 +129,12 @@ def main(argv=None):
     fig.tight_layout()
     fig.savefig(out.with_suffix(".png"), dpi=110)
     v, u, s = res["vae"], res["unet"], res["sampling_vs_fp32"]
-    md = ["| check | fp32 | bf16 autocast |", "|---|---:|---:|",
-          f"| VAE test ELBO (nats, {a.test_n} test images, {a.vae_steps} steps) | {v['fp32']['test_elbo']:.1f} | "
-          f"{v['bf16']['test_elbo']:.1f} |",
-          f"| UNet test bits/dim ({a.bpd_n} images, 20 timesteps, {a.unet_steps} steps) | {u['fp32']['test_bpd']:.3f} | "
-          f"{u['bf16']['test_bpd']:.3f} |", "",
-          "| DDIM-50 samples vs fp32 eager, same model and noise | mean abs pixel diff | max |", "|---|---:|---:|"]
+    md = ["| check | setting | value | final train loss |", "|---|---|---:|---:|"]
+    md += [f"| VAE test ELBO (nats, {a.test_n} test images, {a.vae_steps} steps) | {k} | {e['test_elbo']:.2f} | "
+           f"{e['final_loss']:.2f} |" for k, e in v.items()]
+    md += [f"| UNet test bits/dim ({a.bpd_n} images, 20 timesteps, {a.unet_steps} steps) | {k} | "
+           f"{e.get('test_bpd', float('nan')):.3f} | {e['final_loss']:.4f} |" for k, e in u.items()]
+    md += ["", "| DDIM-50 samples vs fp32 eager, same model and noise | mean abs pixel diff | max |", "|---|---:|---:|"]
     md += [f"| {k} | {d['mean_abs_diff']:.4f} | {d['max_abs_diff']:.3f} |" for k, d in s.items()]
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
     print("\n".join(md))

@@ -46,10 +46,12 @@ DIFFUSERS_UNET = dict(sample_size=28, in_channels=1, out_channels=1, layers_per_
                       down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
                       up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
 
-# dgm speed settings measured against each other: name -> (precision, channels_last, compile for sampling)
-VARIANTS = {"fp32": ("fp32", False, False), "bf16": ("bf16", False, False), "bf16-cl": ("bf16", True, False),
-            "fp32-compile": ("fp32", False, True), "bf16-compile": ("bf16", False, True),
-            "bf16-cl-compile": ("bf16", True, True)}
+# dgm speed settings measured against each other: name -> (precision, channels_last, compile for sampling, conv_gemm)
+VARIANTS = {"fp32": ("fp32", False, False, False), "bf16": ("bf16", False, False, False),
+            "bf16-cl": ("bf16", True, False, False), "bf16-gemm": ("bf16", False, False, True),
+            "bf16-gemm-cl": ("bf16", True, False, True), "fp32-gemm": ("fp32", False, False, True),
+            "fp32-compile": ("fp32", False, True, False), "bf16-compile": ("bf16", False, True, False),
+            "bf16-cl-compile": ("bf16", True, True, False)}
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
@@ -142,10 +144,10 @@ def _dgm_train(model, x, y, steps_per_epoch, batch, tc_kw, precision, cl):
 def w_vae_dgm(a):
     import torch
     from dgm.models.vae import VAE, VAEConfig
-    prec, cl, _ = VARIANTS[a.variant]
+    prec, cl, _, gemm = VARIANTS[a.variant]
     x, y = mnist_uint8(a.vae_n, a.data_dir)
     torch.manual_seed(0)
-    model = VAE(VAEConfig(**DGM_VAE_PYTHAE))
+    model = VAE(VAEConfig(**DGM_VAE_PYTHAE, conv_gemm=gemm))
     p = nparams(model)
     img_s = _dgm_train(model, x, y, a.vae_n // 128, 128, {"lr": 1e-3, "optimizer": "adam"}, prec, cl)
     xb = x[:8]
@@ -195,7 +197,7 @@ def w_unet_diffusers_train(a):
 def w_unet_dgm_train(a):
     import torch
     from dgm.models.diffusion import Diffusion, DiffusionConfig
-    prec, cl, _ = VARIANTS[a.variant]
+    prec, cl, _, _ = VARIANTS[a.variant]
     x, y = mnist_uint8(a.unet_n, a.data_dir)
     torch.manual_seed(0)
     model = Diffusion(DiffusionConfig(**DGM_UNET_DIFFUSERS))
@@ -232,7 +234,7 @@ def w_ddim_diffusers(a):
 def w_ddim_dgm(a):
     import torch
     from dgm.models.diffusion import Diffusion, DiffusionConfig
-    prec, cl, comp = VARIANTS[a.variant]
+    prec, cl, comp, _ = VARIANTS[a.variant]
     torch.manual_seed(0)
     model = Diffusion(DiffusionConfig(**DGM_UNET_DIFFUSERS)).eval()
     if cl:
@@ -289,8 +291,9 @@ def main(argv=None):
     ap.add_argument("--vae-n", type=int, default=1280, help="MNIST images per timed VAE epoch (multiple of 128)")
     ap.add_argument("--unet-n", type=int, default=640, help="MNIST images per timed UNet epoch (multiple of 64)")
     ap.add_argument("--ddim-n", type=int, default=64, help="images per DDIM sampling run (50 steps)")
-    ap.add_argument("--train-variants", default="fp32,bf16,bf16-cl", help=f"dgm settings, from {', '.join(VARIANTS)}")
-    ap.add_argument("--ddim-variants", default="fp32,bf16,bf16-compile,bf16-cl-compile")
+    ap.add_argument("--vae-variants", default="fp32,bf16,bf16-gemm", help=f"dgm settings, from {', '.join(VARIANTS)}")
+    ap.add_argument("--unet-variants", default="fp32,bf16,bf16-cl")
+    ap.add_argument("--ddim-variants", default="fp32,bf16,bf16-cl,bf16-compile")
     ap.add_argument("--only", default="vae,unet,ddim", help="which comparisons (vae, unet, ddim)")
     ap.add_argument("--idle-load", type=float, default=1.5)
     ap.add_argument("--idle-timeout", type=float, default=600, help="max seconds to wait for idle before each run")
@@ -304,15 +307,15 @@ def main(argv=None):
         return
     if a.vae_n % 128 or a.unet_n % 64 or a.vae_n < 128 or a.unet_n < 64:
         ap.error("--vae-n must be a multiple of 128 and --unet-n a multiple of 64")
-    for v in a.train_variants.split(",") + a.ddim_variants.split(","):
+    for v in a.vae_variants.split(",") + a.unet_variants.split(",") + a.ddim_variants.split(","):
         if v not in VARIANTS:
             ap.error(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
     only = set(a.only.split(","))
     plan = [("peak", "-")]
     if "vae" in only:
-        plan += [("vae-pythae", "-")] + [("vae-dgm", v) for v in a.train_variants.split(",")]
+        plan += [("vae-pythae", "-")] + [("vae-dgm", v) for v in a.vae_variants.split(",")]
     if "unet" in only:
-        plan += [("unet-diffusers", "-")] + [("unet-dgm", v) for v in a.train_variants.split(",")]
+        plan += [("unet-diffusers", "-")] + [("unet-dgm", v) for v in a.unet_variants.split(",")]
     if "ddim" in only:
         plan += [("ddim-diffusers", "-")] + [("ddim-dgm", v) for v in a.ddim_variants.split(",")]
     import torch
@@ -360,7 +363,10 @@ def report(results: list[dict], meta: dict, out: Path) -> str:
                "img_s_all": [round(r["img_s"], 2) for r in rs], "ratio": ratio,
                "ratio_range": [round(per_round[0], 2), round(per_round[-1], 2)] if per_round else None,
                "params": rs[0]["params"], "gflop_per_img": flops / 1e9, "precision": prec,
-               "mfu": img_s * flops / peak[prec], "max_load": max(r["load"] for r in rs)}
+               # MFU with the anchor's count (the same architecture, so the same model FLOPs for both libraries;
+               # FlopCounterMode counts a fused attention backward differently from the explicit one)
+               "mfu": img_s * (anchor[0]["flops_per_img"] if anchor else flops) / peak[prec],
+               "max_load": max(r["load"] for r in rs)}
         if "seconds" in rs[0]:
             row["seconds"] = med([r["seconds"] for r in rs])
         if "warmup_s" in rs[0]:

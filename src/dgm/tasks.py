@@ -104,8 +104,9 @@ def train(family: str, data: str = "digits", *, steps: int = 0, epochs: float = 
                          f"(e.g. cyclegan for unpaired data); {family} has none")
     model_kw = {**model_kw, **fields}
     try:
-        model = cls(config_from_dict(cls.Config, model_kw))
         tcfg = config_from_dict(TrainConfig, train_kw)
+        torch.manual_seed(tcfg.seed)  # the initial weights too: same seed, same run
+        model = cls(config_from_dict(cls.Config, model_kw))
     except (TypeError, ValueError) as e:
         raise UsageError(str(e)) from None
     # A family may check its data or fetch a frozen helper network first; resume restores that from the checkpoint.

@@ -142,7 +142,9 @@ class Trainer:
 
     @torch.no_grad()
     def update_ema(self) -> None:
-        d = self.cfg.ema_decay
+        # Warm-up (as in TF's ExponentialMovingAverage with num_updates): early on the average must not stay
+        # anchored to the random initial weights.
+        d = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
         for pe, pm in zip(self.ema.parameters(), self.model.parameters()):
             pe.lerp_(pm, 1.0 - d)
         for be, bm in zip(self.ema.buffers(), self.model.buffers()):

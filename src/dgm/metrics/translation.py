@@ -26,27 +26,29 @@ def label_preservation(model, test: ImageData, clf_a, clf_b, n: int | None = Non
     `.predict`; `.features` for the domain FID). Returns eval.json records.
     """
     out: dict[str, dict] = {}
-    sides = {"A": (test.images, test.labels, test.name), "B": (test.b.images, test.b.labels, test.b.name)}
+    sides = {"A": (test.images, test.labels, f"A ({getattr(test, 'a_name', '') or test.name})"),
+             "B": (test.b.images, test.b.labels, f"B ({test.b.name})")}
     for src, dst, clf, direction in (("A", "B", clf_b, "AtoB"), ("B", "A", clf_a, "BtoA")):
-        xs, ys, _ = sides[src]
-        xt, yt, _ = sides[dst]
+        xs, ys, src_name = sides[src]
+        xt, yt, dst_name = sides[dst]
         if ys is None or yt is None or clf is None:
             continue
         xs, ys = xs[:n], ys[:n]
         c_dst = xt.shape[1]
         x01 = to_float(xs)
         fake = model.translate(x01, direction)
-        proto = (f"{src} test set translated {direction} (n={len(xs)}), classified by a classifier trained on "
-                 f"{dst}'s train split only")
+        proto = (f"{src_name} test set translated {direction} (n={len(xs)}), classified by a classifier trained on "
+                 f"{dst_name}'s train split only")
         key = f"{src}2{dst}"
         out[f"label_acc_{key}"] = {"value": _accuracy(clf, fake, ys), "split": "test", "n": len(xs),
                                    "protocol": proto}
         out[f"label_acc_{key}_source_only"] = {
             "value": _accuracy(clf, match_channels(x01, c_dst), ys), "split": "test", "n": len(xs),
-            "protocol": f"the same {dst} classifier on the untranslated {src} test images (resized, channels matched)"}
+            "protocol": f"the same {dst_name} classifier on the untranslated {src_name} test images (resized, "
+                        f"channels matched)"}
         out[f"label_acc_{key}_ceiling"] = {
             "value": _accuracy(clf, to_float(xt), yt), "split": "test", "n": len(xt),
-            "protocol": f"the {dst} classifier on {dst}'s own test split"}
+            "protocol": f"the {dst_name} classifier on its own test split"}
         dim = getattr(getattr(clf, "config", None), "feature_dim", 0)
         if domain_fid and hasattr(clf, "features") and min(len(fake), len(xt)) > dim:  # full-rank covariances only
             from dgm.metrics.fid import fid_from_features
@@ -56,8 +58,8 @@ def label_preservation(model, test: ImageData, clf_a, clf_b, n: int | None = Non
             out[f"domain_fid_{key}"] = {
                 "value": fid_from_features(f1.double().numpy(), f2.double().numpy()), "split": "test",
                 "n": len(fake),
-                "protocol": f"domain FID (not Inception FID): Frechet distance on the {dst} classifier's "
-                            f"penultimate features, translations vs {dst} test split (n={len(xt)})"}
+                "protocol": f"domain FID (not Inception FID): Frechet distance on the {dst_name} classifier's "
+                            f"penultimate features, translations vs its test split (n={len(xt)})"}
     return out
 
 
