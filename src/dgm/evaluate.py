@@ -21,13 +21,8 @@ _PLUGINS = ("dgm.metrics.sample_quality", "dgm.models.diffusion", "dgm.metrics.d
 
 
 def _import_plugins() -> None:
-    import importlib
-    for mod in _PLUGINS:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
+    from dgm.registry import import_modules
+    import_modules(_PLUGINS)
 
 
 def metric(name: str, applies: Callable = lambda m: True, default: bool = True):

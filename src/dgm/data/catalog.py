@@ -1,7 +1,6 @@
 """Dataset names -> loader functions, and where data lives on disk."""
 from __future__ import annotations
 
-import importlib
 import inspect
 import os
 from pathlib import Path
@@ -45,12 +44,8 @@ def register_dataset(name: str):
 
 
 def _import_plugins() -> None:
-    for mod in _PLUGINS:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
+    from dgm.registry import import_modules
+    import_modules(_PLUGINS)
 
 
 def dataset_names() -> list[str]:
