@@ -212,7 +212,7 @@ def test_screenshots(browser, tmp_path):
     import urllib.request
     out, root = os.environ.get("DGM_SCREENSHOTS"), os.environ.get("DGM_STUDIO_RUNS")
     if not out or not root:
-        pytest.skip("set DGM_SCREENSHOTS=docs/img and DGM_STUDIO_RUNS=RUNS_DIR to write the README screenshots")
+        pytest.skip("no screenshots requested: set DGM_SCREENSHOTS=docs/img and DGM_STUDIO_RUNS=RUNS_DIR to write them")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     server, th, base = start_server(root)

@@ -15,7 +15,7 @@ Needs the separate environment from setup.sh (pythae, diffusers, dgm):
   bash benchmarks/compare/setup.sh
   benchmarks/compare/.venv-anchors/bin/python benchmarks/compare/run.py --rounds 3
   benchmarks/compare/.venv-anchors/bin/python benchmarks/compare/run.py --rounds 1 --vae-n 256 --unet-n 128 \\
-      --ddim-n 8 --idle-timeout 0 --out /tmp/smoke      # a quick smoke test
+      --ddim-n 8 --idle-timeout 0 --out runs/compare_smoke      # a quick smoke test
 """
 from __future__ import annotations
 

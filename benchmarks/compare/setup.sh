@@ -3,7 +3,7 @@
 # (pythae 0.1.2, diffusers 0.42.1) next to dgm (editable), under the same torch==2.13.0 pin as dgm's own .venv.
 # dgm never depends on either anchor; nothing here touches dgm's .venv or pyproject dependencies.
 #   bash benchmarks/compare/setup.sh            # -> benchmarks/compare/.venv-anchors
-#   VENV=/tmp/anchors bash benchmarks/compare/setup.sh
+#   VENV=$HOME/anchors bash benchmarks/compare/setup.sh
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
