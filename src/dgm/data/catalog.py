@@ -68,7 +68,7 @@ def find_shared_data(start: str | os.PathLike | None = None) -> Path | None:
     """The first ``shared/data`` folder in ``start`` (default: the working directory) or a parent.
 
     This lets a checkout's tests and benchmarks use a data folder that sits beside it
-    (``/work/main`` finds ``/work/shared/data``) with no configuration.
+    (a checkout at ``X/main`` finds ``X/shared/data``) with no configuration.
     """
     here = Path(start if start is not None else os.getcwd()).resolve()
     for p in (here, *here.parents):
