@@ -1,8 +1,6 @@
-import os
 from pathlib import Path
 
 import pytest
-import torch
 
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

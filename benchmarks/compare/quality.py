@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 
 from dgm.data import load_dataset
-from dgm.data.base import ImageData
 from dgm.models.diffusion import Diffusion, DiffusionConfig
 from dgm.models.vae import VAE, VAEConfig
 from dgm.train import TrainConfig, Trainer

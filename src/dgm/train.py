@@ -270,7 +270,7 @@ class Trainer:
         return model
 
     def train_phase(self, phase: str, batch) -> dict[str, float]:
-        model, opt = self.model, self.opts[phase]
+        opt = self.opts[phase]
         with self.autocast():
             out = self.fwd(batch, phase)
         loss = out["loss"]

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from dgm.data import to_float
 from dgm.models.base import GenerativeModel, ImageConfig, randn
