@@ -1,3 +1,6 @@
+import contextlib
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -18,3 +21,28 @@ def shared_data() -> Path:
 def _isolated_data_root(tmp_path_factory, monkeypatch):
     """Never write into ~/.cache/dgm from tests."""
     monkeypatch.setenv("DGM_DATA", str(tmp_path_factory.getbasetemp() / "dgm-data"))
+
+
+@contextlib.contextmanager
+def _serve_on_loopback(app):
+    """Run an ASGI app under uvicorn on 127.0.0.1 (a free port) in a thread; yields its base URL, stops it after."""
+    import uvicorn
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
+    th = threading.Thread(target=server.run, daemon=True)
+    th.start()
+    try:
+        for _ in range(600):
+            if server.started:
+                break
+            time.sleep(0.05)
+        assert server.started, "the server did not start"
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        th.join(10)
+
+
+@pytest.fixture(scope="session")
+def serve_on_loopback():
+    """The context manager above, for tests that need a real server (browser, concurrency)."""
+    return _serve_on_loopback

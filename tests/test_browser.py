@@ -6,8 +6,6 @@ Screenshots for the README: DGM_SCREENSHOTS=docs/img DGM_STUDIO_RUNS=path/to/run
 import os
 import re
 import shutil
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -37,26 +35,10 @@ def runs(tmp_path_factory):
     return root
 
 
-def start_server(root):
-    import uvicorn
-    server = uvicorn.Server(uvicorn.Config(create_app(root), host="127.0.0.1", port=0, log_level="error"))
-    th = threading.Thread(target=server.run, daemon=True)
-    th.start()
-    for _ in range(600):
-        if server.started:
-            break
-        time.sleep(0.05)
-    assert server.started, "the studio did not start"
-    port = server.servers[0].sockets[0].getsockname()[1]
-    return server, th, f"http://127.0.0.1:{port}"
-
-
 @pytest.fixture(scope="module")
-def base(runs):
-    server, th, url = start_server(runs)
-    yield url
-    server.should_exit = True
-    th.join(10)
+def base(runs, serve_on_loopback):
+    with serve_on_loopback(create_app(runs)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +186,7 @@ def test_switching_runs(page, base):
     expect(page.locator("#explorer-hint")).to_contain_text("vary most")  # an AE's dims: by variance, not KL
 
 
-def test_screenshots(browser, tmp_path):
+def test_screenshots(browser, tmp_path, serve_on_loopback):
     """Not a check: writes the README's screenshots when DGM_SCREENSHOTS (and DGM_STUDIO_RUNS) are set: the page in
     English and Persian for DGM_STUDIO_RUN (default: the first run), and the translate / denoising cards of the first
     runs that can do those."""
@@ -215,8 +197,7 @@ def test_screenshots(browser, tmp_path):
         pytest.skip("no screenshots requested: set DGM_SCREENSHOTS=docs/img and DGM_STUDIO_RUNS=RUNS_DIR to write them")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    server, th, base = start_server(root)
-    try:
+    with serve_on_loopback(create_app(root)) as base:
         runs = json.load(urllib.request.urlopen(f"{base}/api/runs"))["runs"]
         run = os.environ.get("DGM_STUDIO_RUN") or runs[0]["id"]
         ctx = browser.new_context(viewport={"width": 1280, "height": 860}, device_scale_factor=1)
@@ -248,6 +229,3 @@ def test_screenshots(browser, tmp_path):
             pg.wait_for_timeout(500)
             pg.locator(card).screenshot(path=str(out / name))
         ctx.close()
-    finally:
-        server.should_exit = True
-        th.join(10)

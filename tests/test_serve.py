@@ -4,7 +4,6 @@ import io
 import json
 import shutil
 import threading
-import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -373,20 +372,10 @@ def test_allowed_hosts(runs):
 
 
 @pytest.fixture(scope="module")
-def live(runs):
+def live(runs, serve_on_loopback):
     """The studio under uvicorn on 127.0.0.1 (a free port), for what needs real concurrency."""
-    import uvicorn
-    server = uvicorn.Server(uvicorn.Config(create_app(runs), host="127.0.0.1", port=0, log_level="error"))
-    th = threading.Thread(target=server.run, daemon=True)
-    th.start()
-    for _ in range(600):
-        if server.started:
-            break
-        time.sleep(0.05)
-    assert server.started
-    yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    server.should_exit = True
-    th.join(10)
+    with serve_on_loopback(create_app(runs)) as url:
+        yield url
 
 
 def test_flood_of_bad_requests_on_loopback(live):
