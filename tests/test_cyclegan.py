@@ -238,6 +238,25 @@ def test_semantic_loss_uses_a_frozen_classifier():
     assert all(torch.equal(v, m.f_s.state_dict()[k]) for k, v in before.items())
 
 
+def test_semantic_classifier_from_a_folder(tmp_path):
+    """semantic_classifier may name a classifier's folder (e.g. one trained with zoom augmentation); a folder holding
+    another kind of model is a clear error."""
+    from dgm.data import load_dataset
+    from dgm.io import save
+    from dgm.models.classifier import Classifier, ClassifierConfig
+    torch.manual_seed(1)
+    clf = Classifier(ClassifierConfig(channels=1, image_size=12, num_classes=10))  # f_S has the default layers
+    save(clf, tmp_path / "f_s")
+    m = tiny(semantic_weight=1.0, num_classes=10, semantic_classifier=str(tmp_path / "f_s"))
+    data = load_dataset("unpaired:digits,digits", "train", image_size=12)
+    m.prepare_training(data)
+    assert all(torch.equal(v, clf.state_dict()[k]) for k, v in m.f_s.state_dict().items())
+    save(tiny(), tmp_path / "not_a_classifier")
+    m = tiny(semantic_weight=1.0, num_classes=10, semantic_classifier=str(tmp_path / "not_a_classifier"))
+    with pytest.raises(ValueError, match="not a classifier"):
+        m.prepare_training(data)
+
+
 def test_label_preservation_wiring():
     from dgm.metrics.translation import label_preservation
     from dgm.models.classifier import Classifier, ClassifierConfig

@@ -138,6 +138,25 @@ def test_inception_bf16_is_close_to_fp32(inception):
     # bf16 keeps ~3 significant digits: features move a few percent but keep their direction.
     cos = (f16 * f32).sum(1) / np.linalg.norm(f16, axis=1) / np.linalg.norm(f32, axis=1)
     assert cos.min() > 0.99 and np.abs(f16 - f32).mean() < 0.1 * np.abs(f32).mean()
+    # The two precisions never share cached reference statistics.
+    assert bf.cache_key != inception.cache_key and bf.cache_key.startswith(inception.cache_key)
+
+
+def test_folding_batchnorm_keeps_the_function():
+    from dgm.metrics.inception import InceptionA, fold_batchnorm
+    torch.manual_seed(0)
+    block = InceptionA(8, 16)
+    for m in block.modules():  # non-trivial running statistics and affine parameters
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2), m.weight.data.uniform_(0.5, 2)
+            m.bias.data.uniform_(-1, 1)
+    block.eval()
+    x = torch.randn(2, 8, 9, 9)
+    with torch.no_grad():
+        ref = block(x)
+        folded = fold_batchnorm(block)
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+        assert torch.allclose(folded(x), ref, atol=1e-5)
 
 
 # -- domain classifier ------------------------------------------------------------------------------------------------
@@ -149,6 +168,20 @@ def test_random_shift_moves_content_without_changing_it():
     assert y.shape == x.shape and torch.equal(y.sum((1, 2, 3)), x.sum((1, 2, 3)))
     assert not torch.equal(y, x)
     assert torch.equal(random_shift(x, 0), x)
+
+
+def test_random_zoom_scales_about_the_centre():
+    from dgm.models.classifier import random_zoom
+    x = torch.zeros(64, 1, 20, 20)
+    x[:, :, 6:14, 6:14] = 1.0  # a centred 8x8 square
+    y = random_zoom(x, 0.5, torch.Generator().manual_seed(0))
+    area = y.sum((1, 2, 3))
+    assert y.shape == x.shape and torch.equal(random_zoom(x, 0.0), x)
+    # Factors in [1/1.5, 1.5]: the area scales by their square, and both shrinking and magnifying occur.
+    assert area.min() >= 64 / 1.5 ** 2 - 2 and area.max() <= 64 * 1.5 ** 2 + 2
+    assert area.min() < 50 and area.max() > 90
+    com = (y[:, 0] * torch.arange(20.0)).sum((1, 2)) / y[:, 0].sum((1, 2))
+    assert torch.allclose(com, torch.full_like(com, 9.5), atol=0.1)  # zoomed about the centre: nothing shifts
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,10 @@ DIFFUSERS_UNET = dict(sample_size=28, in_channels=1, out_channels=1, layers_per_
                       down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
                       up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
 
-# dgm speed settings measured against each other: name -> (precision, channels_last, compile for sampling, conv_gemm)
+# dgm speed settings measured against each other: name -> (precision, channels_last, torch.compile, conv_gemm).
+# torch.compile applies to the UNet training step (TrainConfig.compile: the loss function is compiled; the timed
+# epoch comes after a warm-up epoch that pays the compile) and to DDIM sampling (compile=True: the UNet is compiled,
+# the warm-up call pays it).
 VARIANTS = {"fp32": ("fp32", False, False, False), "bf16": ("bf16", False, False, False),
             "bf16-cl": ("bf16", True, False, False), "bf16-gemm": ("bf16", False, False, True),
             "bf16-gemm-cl": ("bf16", True, False, True), "fp32-gemm": ("fp32", False, False, True),
@@ -197,14 +200,15 @@ def w_unet_diffusers_train(a):
 def w_unet_dgm_train(a):
     import torch
     from dgm.models.diffusion import Diffusion, DiffusionConfig
-    prec, cl, _, _ = VARIANTS[a.variant]
+    prec, cl, comp, _ = VARIANTS[a.variant]
     x, y = mnist_uint8(a.unet_n, a.data_dir)
     torch.manual_seed(0)
     model = Diffusion(DiffusionConfig(**DGM_UNET_DIFFUSERS))
     p = nparams(model)
     # The same work as the diffusers loop: AdamW 1e-4, no EMA, no clipping, no warm-up.
     img_s = _dgm_train(model, x, y, a.unet_n // 64, 64, {"lr": 1e-4, "optimizer": "adamw", "ema_decay": 0.0,
-                                                         "grad_clip": 0.0, "warmup_steps": 0}, prec, cl)
+                                                         "grad_clip": 0.0, "warmup_steps": 0, "compile": comp},
+                        prec, cl)
     xb = x[:8]
 
     def step():

@@ -42,7 +42,8 @@ class CycleGANConfig(ImageConfig):
     lambda_identity: float = 0.5     # weight relative to lambda_cycle; 0 switches the identity loss off
     pool_size: int = 50              # history of generated images shown to D (0: off)
     semantic_weight: float = 0.0     # CyCADA semantic consistency (> 0 needs a classifier of domain A)
-    semantic_classifier: str = ""    # dataset whose cached classifier is f_S ("" -> domain A's dataset)
+    semantic_classifier: str = ""    # f_S: a dataset whose cached classifier to use ("" -> domain A's dataset), or
+                                     # the folder of a classifier trained with `dgm classifier train ... --out DIR`
 
 
 def match_channels(x: torch.Tensor, c: int) -> torch.Tensor:
@@ -157,7 +158,13 @@ class CycleGAN(GenerativeModel):
         if self.f_s is None:
             return
         name = self.config.semantic_classifier or getattr(data, "a_name", "") or data.name
-        clf = domain_classifier(name, self.config.image_size, data_dir)
+        if Path(name).expanduser().is_dir():  # a classifier's folder (e.g. one trained with zoom augmentation)
+            from dgm.io import load
+            clf = load(Path(name).expanduser())
+            if type(clf).__name__ != "Classifier":
+                raise ValueError(f"semantic_classifier {name!r} holds a {type(clf).__name__}, not a classifier")
+        else:
+            clf = domain_classifier(name, self.config.image_size, data_dir)
         try:
             self.f_s.load_state_dict(clf.state_dict())
         except RuntimeError as e:

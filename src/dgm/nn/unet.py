@@ -48,6 +48,26 @@ class ResBlock(nn.Module):
         return self.skip(x) + h
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk_scores: int = 1 << 20) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v for (B, heads, N, d) tensors.
+
+    Narrow heads in bf16 on a CPU (d <= 16, as in small UNets): the explicit formula, a few (image, head) pairs at a
+    time so each chunk's (N, N) scores (at most ``chunk_scores`` elements, 2 MB in bf16) stay in cache. Measured on this
+    2-core CPU, 64 images x 8 heads x 196 positions x d = 8, one thread: forward + backward 76 ms against 155 ms for
+    the unchunked formula and 288 ms for the fused kernel; sampling (32 images) 13 ms against 23 ms for the fused kernel.
+    Everything else (fp32, GPUs, wide heads) uses F.scaled_dot_product_attention, the same maths.
+    """
+    b, heads, n, d = q.shape
+    if q.dtype == torch.bfloat16 and q.device.type == "cpu" and d <= 16:
+        q, k, v = (t.reshape(b * heads, n, d) for t in (q * d ** -0.5, k, v))
+        rows = max(1, chunk_scores // (n * n))
+        y = [torch.softmax(q[i:i + rows] @ k[i:i + rows].transpose(-1, -2), dim=-1) @ v[i:i + rows]
+             for i in range(0, b * heads, rows)]
+        return torch.cat(y).reshape(b, heads, n, d)
+    # Contiguous inputs let SDPA pick its fused kernel; transposed views fall back to a slower path.
+    return F.scaled_dot_product_attention(q.contiguous(), k.contiguous(), v.contiguous())
+
+
 class AttnBlock(nn.Module):
     """Multi-head self-attention over the H*W positions, residual. (B, C, H, W) -> (B, C, H, W)."""
 
@@ -66,15 +86,7 @@ class AttnBlock(nn.Module):
         b, c, h, w = x.shape
         d = c // self.heads
         q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, d, h * w).transpose(-1, -2).unbind(1)
-        narrow_bf16_cpu = q.dtype == torch.bfloat16 and x.device.type == "cpu" and d <= 16 and h * w <= 1024
-        if narrow_bf16_cpu and torch.is_grad_enabled():
-            # Training narrow heads in bf16 on a CPU: the explicit softmax(q k^T / sqrt(d)) v (the same maths) is ~1.7x
-            # faster than the fused kernel, whose backward dominates the step there (benchmarks/compare).
-            y = torch.softmax((q * d ** -0.5) @ k.transpose(-1, -2), dim=-1) @ v
-        else:
-            # Contiguous inputs let SDPA pick its fused kernel; the transposed views fall back to a slower path that
-            # adds masking passes over the (B, heads, HW, HW) scores (~1.5x slower sampling on a CPU).
-            y = F.scaled_dot_product_attention(q.contiguous(), k.contiguous(), v.contiguous())  # (B, heads, HW, d)
+        y = attention(q, k, v)  # (B, heads, HW, d)
         return x + self.out(y.transpose(-1, -2).reshape(b, c, h, w))
 
 
