@@ -115,6 +115,7 @@ def main():
     p.add_argument("--continue", dest="cont", action="store_true",
                    help="extend existing runs (and their curves in the results JSON) instead of starting afresh")
     p.add_argument("--fid-only", action="store_true", help="only the Inception FID of the runs already in the JSON")
+    p.add_argument("--fid-configs", default="", help="with --fid-only: just these runs (comma list; default all)")
     p.add_argument("--speed", action="store_true",
                    help="only the throughput table: CPU time per step of each loss, fp32 vs bf16, then exit")
     p.add_argument("--dry", action="store_true", help="tiny settings to check the script end to end")
@@ -131,7 +132,7 @@ def main():
     results_dir.mkdir(parents=True, exist_ok=True)
     out = {"date": str(date.today()), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads (shared)",
            "command": "python benchmarks/gan.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items()
-                                                           if k not in ("runs", "results", "data_dir", "dry", "cont", "fid_only", "speed", "no_fid_floor")),
+                                                           if k not in ("runs", "results", "data_dir", "dry", "cont", "fid_only", "speed", "no_fid_floor", "fid_configs")),
            "data": a.data, "runs": {}}
     json_path = results_dir / f"gan_{a.data}{'_dry' if a.dry else ''}.json"
     if a.cont and json_path.is_file():
@@ -215,12 +216,16 @@ def main():
             out["inception_floor"] = real_floor(a)
             print("real test images vs reference:", out["inception_floor"], flush=True)
         for name, rec in out["runs"].items():
+            if a.fid_only and a.fid_configs and name not in a.fid_configs.split(","):
+                continue
             t1 = time.perf_counter()
             try:
                 res = evaluate(Path(a.runs) / f"{a.data}_{name}", ["fid"], n=a.fid_n, data_dir=a.data_dir,
                                options={"ref_n": a.fid_ref_n, "precision": a.fid_precision})
                 rec["inception_fid"] = {"value": value(res, "fid"), "n": a.fid_n, "ref_n": a.fid_ref_n,
                                         "precision": a.fid_precision,
+                                        "command": f"python benchmarks/gan.py --data {a.data} --fid-only --fid-configs "
+                                                   f"{name} --fid-n {a.fid_n} --fid-precision {a.fid_precision}",
                                         "seconds": round(time.perf_counter() - t1, 1)}
             except Exception as e:
                 rec["inception_fid"] = {"error": f"{type(e).__name__}: {e}"}

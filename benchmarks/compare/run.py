@@ -326,7 +326,8 @@ def main(argv=None):
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
             "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.processor() or platform.platform()}",
             "torch": torch.__version__, "threads": torch.get_num_threads(), "command": " ".join(sys.argv),
-            "args": {k: v for k, v in vars(a).items() if k not in ("worker", "variant")}}
+            "args": {k: (os.path.relpath(v) if k == "out" else v) for k, v in vars(a).items()
+                     if k not in ("worker", "variant")}}
     with contextlib.suppress(Exception):
         import importlib.metadata as md
         meta["pythae"], meta["diffusers"] = md.version("pythae"), md.version("diffusers")
