@@ -3,8 +3,9 @@
 Rows: DDIM 10/20/50/100 (eta 0), DPM-Solver++(2M) 10/20 and DDPM (all 1000 steps), each from the same seeded initial
 noise. Columns: domain FID (dgm.metrics.fid on the MNIST domain classifier's 128-d features; reference: the cached
 seeded 10,000-image subset of the training split; needs N > 128), sampling milliseconds per image and per network call.
-Plus the variational bound in bits/dim on test images and the training throughput. Inception FID is not computed here:
-on this shared CPU the Inception network would take longer than the whole budget at any N where it means something.
+Plus the variational bound in bits/dim on test images and the training throughput. Inception FID (bf16 Inception, the
+cached seeded 10,000-image train reference that `dgm evaluate` uses) for the samplers named in --inception-rows, at
+N > 2048 (protocol: 10,000; ~11 min of one CPU thread per 10,000 images).
 Writes benchmarks/results/diffusion.{json,md} (rewritten after every row) and sample grids into the run folder.
 
     nohup env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/diffusion.py --stage train --minutes 50 \
@@ -136,6 +137,14 @@ def stage_eval(a):
         if n > ext.dim:  # a covariance needs more samples than feature dimensions
             f = fid.features(fid.to_uint8_images(x), ext, 500, progress=False)
             row["domain_fid"] = round(fid.frechet_distance(ref["mu"], ref["sigma"], *fid.feature_stats(f)), 3)
+        if name in a.inception_rows.split(",") and n > 2048:  # Inception FID: the cached bf16 train reference
+            t1 = time.perf_counter()
+            inc = fid.load_inception(precision=a.inception_precision)
+            iref = fid.reference_stats(a.data, inc, "train", 10_000, data_dir=a.data_dir, seed=0, progress=False)
+            fi = fid.features(fid.to_uint8_images(x), inc, 50, progress=False)
+            row["inception_fid"] = round(fid.frechet_distance(iref["mu"], iref["sigma"], *fid.feature_stats(fi)), 3)
+            row["inception"] = {"n": n, "ref": f"{a.data} train, seeded subset of {iref['n']}", "extractor": inc.name,
+                                "seconds": round(time.perf_counter() - t1, 1)}
         res["rows"].append(row)
         print(json.dumps(row), flush=True)
         write_results(res, a)
@@ -152,13 +161,15 @@ def write_results(res, a):
 
 
 def table(res, a) -> str:
-    lines = [f"| sampler | network calls | N | domain FID | ms / image | ms / image / call |", "|---|---|---|---|---|---|"]
+    lines = ["| sampler | network calls | N | domain FID | Inception FID | ms / image | ms / image / call |",
+             "|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         dom = f"{r['domain_fid']:.2f}" if r["domain_fid"] is not None else "- (N too small)"
-        lines.append(f"| {r['sampler']} | {r['network_calls']} | {r['n']} | {dom} | {r['ms_per_image']:.1f} | "
+        inc = f"{r['inception_fid']:.2f}" if r.get("inception_fid") is not None else "-"
+        lines.append(f"| {r['sampler']} | {r['network_calls']} | {r['n']} | {dom} | {inc} | {r['ms_per_image']:.1f} | "
                      f"{r['ms_per_image_step']:.3f} |")
     f = res["test_floor"]
-    lines.append(f"| real test images | - | {f['n']} | {f['domain_fid']:.2f} | - | - |")
+    lines.append(f"| real test images | - | {f['n']} | {f['domain_fid']:.2f} | - | - | - |")
     b = res["bpd"]
     lines.append("")
     lines.append(f"bits/dim (test, first {b['n']} images, {b['timesteps_per_image']} stratified timesteps each): "
@@ -192,6 +203,9 @@ def main():
     p.add_argument("--sample-precision", default="bf16", choices=("fp32", "bf16"))
     p.add_argument("--name", default="diffusion", help="results file name under benchmarks/results/")
     p.add_argument("--rows", default=ROWS, help="samplers to compare, in order (SAMPLER-STEPS,...)")
+    p.add_argument("--inception-rows", default="", help="samplers (SAMPLER-STEPS,...) that also get Inception FID "
+                   "(needs N > 2048; protocol N = 10,000)")
+    p.add_argument("--inception-precision", default="bf16", choices=("fp32", "bf16"))
     p.add_argument("--bpd-n", type=int, default=50)
     p.add_argument("--bpd-t", type=int, default=20, help="stratified timesteps per image for the bound (0: all)")
     a = p.parse_args()
