@@ -144,6 +144,15 @@ def _dgm_train(model, x, y, steps_per_epoch, batch, tc_kw, precision, cl):
     return rows[-1]["img_per_s"]  # the second epoch's window: dgm's own throughput log, after a warm-up epoch
 
 
+def _dgm_result(model, xb, img_s: float, params: int, prec: str) -> dict:
+    """A dgm training worker's record: its throughput plus the FLOPs of one training step per image."""
+    def step():
+        model.train()
+        with autocast(prec):
+            model.loss((xb, None))["loss"].backward()
+    return {"img_s": img_s, "params": params, "flops_per_img": count_flops(step) / len(xb), "precision": prec}
+
+
 def w_vae_dgm(a):
     import torch
     from dgm.models.vae import VAE, VAEConfig
@@ -153,13 +162,7 @@ def w_vae_dgm(a):
     model = VAE(VAEConfig(**DGM_VAE_PYTHAE, conv_gemm=gemm))
     p = nparams(model)
     img_s = _dgm_train(model, x, y, a.vae_n // 128, 128, {"lr": 1e-3, "optimizer": "adam"}, prec, cl)
-    xb = x[:8]
-
-    def step():
-        model.train()
-        with autocast(prec):
-            model.loss((xb, None))["loss"].backward()
-    return {"img_s": img_s, "params": p, "flops_per_img": count_flops(step) / len(xb), "precision": prec}
+    return _dgm_result(model, x[:8], img_s, p, prec)
 
 
 def w_unet_diffusers_train(a):
@@ -209,13 +212,7 @@ def w_unet_dgm_train(a):
     img_s = _dgm_train(model, x, y, a.unet_n // 64, 64, {"lr": 1e-4, "optimizer": "adamw", "ema_decay": 0.0,
                                                          "grad_clip": 0.0, "warmup_steps": 0, "compile": comp},
                         prec, cl)
-    xb = x[:8]
-
-    def step():
-        model.train()
-        with autocast(prec):
-            model.loss((xb, None))["loss"].backward()
-    return {"img_s": img_s, "params": p, "flops_per_img": count_flops(step) / len(xb), "precision": prec}
+    return _dgm_result(model, x[:8], img_s, p, prec)
 
 
 def w_ddim_diffusers(a):
