@@ -109,7 +109,8 @@ class InceptionExtractor:
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
         self.net, self.path, self.device, self.precision = net.eval(), path, torch.device(device), precision
         self.checksum = sha256(path)
-        self.name = f"inception-v3 ({path.name}, sha256 {self.checksum[:12]}" + (", bf16)" if precision == "bf16" else ")")
+        tag = ", bf16" if precision == "bf16" else ""
+        self.name = f"inception-v3 ({path.name}, sha256 {self.checksum[:12]}{tag})"
         if precision == "bf16":
             if isinstance(self.net, torch.jit.ScriptModule):  # autocast needs eager modules: copy the weights over
                 from dgm.metrics.inception import FIDInceptionV3, copy_from_torchscript

@@ -160,8 +160,9 @@ class CycleGAN(GenerativeModel):
         name = self.config.semantic_classifier or getattr(data, "a_name", "") or data.name
         if Path(name).expanduser().is_dir():  # a classifier's folder (e.g. one trained with zoom augmentation)
             from dgm.io import load
+            from dgm.models.classifier import Classifier
             clf = load(Path(name).expanduser())
-            if type(clf).__name__ != "Classifier":
+            if not isinstance(clf, Classifier):
                 raise ValueError(f"semantic_classifier {name!r} holds a {type(clf).__name__}, not a classifier")
         else:
             clf = domain_classifier(name, self.config.image_size, data_dir)
