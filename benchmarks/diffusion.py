@@ -123,6 +123,7 @@ def stage_eval(a):
     print("bpd", json.dumps(res["bpd"]), "floor", json.dumps(res["test_floor"]), flush=True)
     ctx = torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.sample_precision == "bf16")
     rows = [(r.rsplit("-", 1)[0], int(r.rsplit("-", 1)[1])) for r in a.rows.split(",")]
+    inception = None  # (extractor, cached train reference), for --inception-rows
     for sampler, steps in rows:
         n = a.n_ddpm if sampler == "ddpm" else a.n
         name = f"{sampler}-{steps}"
@@ -139,8 +140,11 @@ def stage_eval(a):
             row["domain_fid"] = round(fid.frechet_distance(ref["mu"], ref["sigma"], *fid.feature_stats(f)), 3)
         if name in a.inception_rows.split(",") and n > 2048:  # Inception FID: the cached bf16 train reference
             t1 = time.perf_counter()
-            inc = fid.load_inception(precision=a.inception_precision)
-            iref = fid.reference_stats(a.data, inc, "train", 10_000, data_dir=a.data_dir, seed=0, progress=False)
+            if inception is None:  # loaded once, for the first row that needs it
+                inc = fid.load_inception(precision=a.inception_precision)
+                inception = (inc, fid.reference_stats(a.data, inc, "train", 10_000, data_dir=a.data_dir, seed=0,
+                                                       progress=False))
+            inc, iref = inception
             fi = fid.features(fid.to_uint8_images(x), inc, 50, progress=False)
             row["inception_fid"] = round(fid.frechet_distance(iref["mu"], iref["sigma"], *fid.feature_stats(fi)), 3)
             row["inception"] = {"n": n, "ref": f"{a.data} train, seeded subset of {iref['n']}", "extractor": inc.name,

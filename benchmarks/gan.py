@@ -39,6 +39,10 @@ CONFIGS = {
 }
 
 
+# Options left out of the recorded training command (paths, modes; an Inception FID records its own command).
+NOT_IN_COMMAND = ("runs", "results", "data_dir", "dry", "cont", "fid_only", "speed", "no_fid_floor", "fid_configs")
+
+
 def value(res: dict, key: str):
     return res[key]["value"] if key in res else None
 
@@ -132,7 +136,7 @@ def main():
     results_dir.mkdir(parents=True, exist_ok=True)
     out = {"date": str(date.today()), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads (shared)",
            "command": "python benchmarks/gan.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items()
-                                                           if k not in ("runs", "results", "data_dir", "dry", "cont", "fid_only", "speed", "no_fid_floor", "fid_configs")),
+                                                           if k not in NOT_IN_COMMAND),
            "data": a.data, "runs": {}}
     json_path = results_dir / f"gan_{a.data}{'_dry' if a.dry else ''}.json"
     if a.cont and json_path.is_file():
