@@ -24,7 +24,9 @@ RESULTS = HERE / "results"
 # dSprites too, 1200-1200). A smaller net lets a 2-core CPU take ~10k steps per model inside the hour.
 COMMON = {"arch": "mlp", "mlp_hidden": "256,256", "latent_dim": "10", "binarize": "false", "likelihood": "bernoulli",
           "batch_size": "64", "lr": "1e-3"}
-MODELS = {"vae": ("vae", {"beta": "1"}), "beta-vae": ("beta-vae", {"beta": "4"})}
+MODELS = {"vae": ("vae", {"beta": "1"}), "beta-vae": ("beta-vae", {"beta": "4"}),
+          # Burgess et al. 2018: gamma |KL - C|, C annealed 0 -> 25 nats (their dSprites settings), over --steps
+          "beta-vae-c": ("beta-vae", {"capacity_max": "25", "gamma": "1000"})}
 METRIC_KEYS = ["beta_vae_score", "factor_vae_score", "mig", "dci_disentanglement", "dci_completeness",
                "dci_informativeness", "sap", "sap_continuous"]
 
@@ -32,14 +34,16 @@ METRIC_KEYS = ["beta_vae_score", "factor_vae_score", "mig", "dci_disentanglement
 def train_stage(args, runs: Path) -> dict:
     from dgm.tasks import train
     info = {}
-    for name, (family, over) in MODELS.items():
-        out = runs / f"bench_dis_{name}"
+    for name in args.models.split(","):
+        family, over = MODELS[name]
+        out = runs / f"bench_dis{args.tag}_{name}"
         t0 = time.perf_counter()
         if args.resume and (out / "checkpoint.pt").is_file():  # constant lr: a resumed run equals an unbroken one
             train(family, steps=args.steps, out=out, resume=True, data_dir=args.data_dir, progress=False)
         else:
             train(family, "dsprites", steps=args.steps, out=out, data_dir=args.data_dir, progress=False,
-                  overrides={**COMMON, **over, "precision": args.precision})
+                  overrides={**COMMON, **over, "precision": args.precision,
+                             **({"capacity_steps": str(args.steps)} if "capacity_max" in over else {})})
         info[name] = {"train_seconds": round(time.perf_counter() - t0, 1)}
         print(f"trained {name}: {info[name]['train_seconds']} s", flush=True)
     return info
@@ -52,8 +56,8 @@ def eval_stage(args, runs: Path) -> dict:
     from dgm.traversal import write_traversal
     sizes = QUICK if args.quick else PROTOCOL
     out = {}
-    for name in MODELS:
-        run = runs / f"bench_dis_{name}"
+    for name in args.models.split(","):
+        run = runs / f"bench_dis{args.tag}_{name}"
         model = load(run).eval()
         t0 = time.perf_counter()
         rep = dsprites_representation(model, table=not args.quick)
@@ -86,35 +90,40 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="small metric sample sizes (smoke test)")
     p.add_argument("--runs", default="runs")
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--models", default="vae,beta-vae", help=f"comma list from {', '.join(MODELS)}")
+    p.add_argument("--tag", default="", help="run folders are runs/bench_dis<TAG>_<model>")
     args = p.parse_args(argv)
     runs = Path(args.runs)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    jpath = RESULTS / "disentanglement.json"
-    result = json.loads(jpath.read_text()) if jpath.is_file() and args.stage == "eval" else {}
+    unknown = set(args.models.split(",")) - set(MODELS)
+    if unknown:
+        p.error(f"unknown model(s) {sorted(unknown)}; known: {', '.join(MODELS)}")
+    jpath = RESULTS / f"disentanglement{args.tag}.json"
+    result = json.loads(jpath.read_text()) if jpath.is_file() else {}
     result.update({"steps": args.steps, "precision": args.precision, "config": COMMON, "torch_threads":
                    torch.get_num_threads(), "omp": os.environ.get("OMP_NUM_THREADS")})
     if args.stage in ("all", "train"):
-        result["train"] = train_stage(args, runs)
+        result["train"] = {**result.get("train", {}), **train_stage(args, runs)}
         jpath.write_text(json.dumps(result, indent=2))
     if args.stage in ("all", "eval"):
-        result["eval"] = eval_stage(args, runs)
+        result["eval"] = {**result.get("eval", {}), **eval_stage(args, runs)}
         jpath.write_text(json.dumps(result, indent=2))
-        write_table(result)
+        write_table(result, jpath.with_suffix(".md"))
     return 0
 
 
-def write_table(result: dict) -> None:
+def write_table(result: dict, path: Path) -> None:
     ev = result["eval"]
     lines = ["| model | " + " | ".join(METRIC_KEYS) + " | recon (nats) | KL (nats) | train s |",
              "|---|" + "---|" * (len(METRIC_KEYS) + 3)]
-    for name in MODELS:
+    for name in [m for m in MODELS if m in ev]:
         r = ev[name]
         tr = r.get("train_seconds_from_log", "")
         lines.append(f"| {name} | " + " | ".join(f"{r[k]:.3f}" for k in METRIC_KEYS)
                      + f" | {r['final_recon']:.1f} | {r['final_kl']:.1f} | {tr} |")
     text = "\n".join(lines)
     print(text)
-    (RESULTS / "disentanglement.md").write_text(text + "\n")
+    path.write_text(text + "\n")
 
 
 if __name__ == "__main__":

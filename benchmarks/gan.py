@@ -220,7 +220,8 @@ def main():
             out["inception_floor"] = real_floor(a)
             print("real test images vs reference:", out["inception_floor"], flush=True)
         for name, rec in out["runs"].items():
-            if a.fid_only and a.fid_configs and name not in a.fid_configs.split(","):
+            wanted = (a.fid_configs or ",".join(out["runs"])) if a.fid_only else a.configs  # only what this call trained
+            if name not in wanted.split(","):
                 continue
             t1 = time.perf_counter()
             try:
