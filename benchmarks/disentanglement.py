@@ -26,7 +26,8 @@ COMMON = {"arch": "mlp", "mlp_hidden": "256,256", "latent_dim": "10", "binarize"
           "batch_size": "64", "lr": "1e-3"}
 MODELS = {"vae": ("vae", {"beta": "1"}), "beta-vae": ("beta-vae", {"beta": "4"}),
           # Burgess et al. 2018: gamma |KL - C|, C annealed 0 -> 25 nats (their dSprites settings), over --steps
-          "beta-vae-c": ("beta-vae", {"capacity_max": "25", "gamma": "1000"})}
+          "beta-vae-c": ("beta-vae", {"capacity_max": "25", "gamma": "1000"}),
+          "beta-vae-c50": ("beta-vae", {"capacity_max": "50", "gamma": "1000"})}  # room for shape as well
 METRIC_KEYS = ["beta_vae_score", "factor_vae_score", "mig", "dci_disentanglement", "dci_completeness",
                "dci_informativeness", "sap", "sap_continuous"]
 
@@ -74,9 +75,9 @@ def eval_stage(args, runs: Path) -> dict:
         paths = write_traversal(model, run / "traversal.png", data)
         out[name] = {**res, "encode_seconds": round(t_enc, 1), "metric_seconds": round(time.perf_counter() - t0, 1),
                      "train_seconds_from_log": round(t_train, 1), "final_recon": last.get("recon"), "final_kl": last.get("kl"), "steps": last["step"],
-                     "active_units": last.get("active_units"), "traversal": [str(p) for p in paths]}
+                     "active_units": last.get("active_units"), "traversal": [str(p) for p in paths],
+                     "protocol": "quick" if args.quick else "disentanglement_lib"}
         print(name, {k: round(v, 3) for k, v in res.items() if k in METRIC_KEYS}, flush=True)
-    out["protocol"] = sizes
     return out
 
 
@@ -99,16 +100,20 @@ def main(argv=None):
     if unknown:
         p.error(f"unknown model(s) {sorted(unknown)}; known: {', '.join(MODELS)}")
     jpath = RESULTS / f"disentanglement{args.tag}.json"
-    result = json.loads(jpath.read_text()) if jpath.is_file() else {}
-    result.update({"steps": args.steps, "precision": args.precision, "config": COMMON, "torch_threads":
-                   torch.get_num_threads(), "omp": os.environ.get("OMP_NUM_THREADS")})
+    info = {"steps": args.steps, "precision": args.precision, "config": COMMON, "torch_threads":
+            torch.get_num_threads(), "omp": os.environ.get("OMP_NUM_THREADS")}
+
+    def save(key: str, new: dict) -> dict:
+        # Re-read just before writing: several of these commands may run at once (one per core), each adding models.
+        result = json.loads(jpath.read_text()) if jpath.is_file() else {}
+        result.update(info)
+        result[key] = {**result.get(key, {}), **new}
+        jpath.write_text(json.dumps(result, indent=2))
+        return result
     if args.stage in ("all", "train"):
-        result["train"] = {**result.get("train", {}), **train_stage(args, runs)}
-        jpath.write_text(json.dumps(result, indent=2))
+        save("train", train_stage(args, runs))
     if args.stage in ("all", "eval"):
-        result["eval"] = {**result.get("eval", {}), **eval_stage(args, runs)}
-        jpath.write_text(json.dumps(result, indent=2))
-        write_table(result, jpath.with_suffix(".md"))
+        write_table(save("eval", eval_stage(args, runs)), jpath.with_suffix(".md"))
     return 0
 
 
@@ -119,7 +124,7 @@ def write_table(result: dict, path: Path) -> None:
     for name in [m for m in MODELS if m in ev]:
         r = ev[name]
         tr = r.get("train_seconds_from_log", "")
-        lines.append(f"| {name} | " + " | ".join(f"{r[k]:.3f}" for k in METRIC_KEYS)
+        lines.append(f"| {name}{' (quick)' if r.get('protocol') == 'quick' else ''} | " + " | ".join(f"{r[k]:.3f}" for k in METRIC_KEYS)
                      + f" | {r['final_recon']:.1f} | {r['final_kl']:.1f} | {tr} |")
     text = "\n".join(lines)
     print(text)

@@ -55,7 +55,9 @@ def test_bad_conv_options():
 
 
 @pytest.mark.parametrize("cin,cout,k,s,p,op,size", [(3, 5, 4, 2, 1, 0, 7), (4, 6, 3, 2, 1, 1, 4), (2, 3, 3, 1, 1, 0, 5),
-                                                    (8, 4, 3, 2, 1, 0, 3)])
+                                                    (8, 4, 3, 2, 1, 0, 3),
+                                                    # one output position (the window path): 2x3 and 1x2 inputs
+                                                    (6, 5, 4, 2, 1, 0, 2), (5, 7, 3, 2, 1, 0, 1)])
 def test_gemm_convs_match_native(cin, cout, k, s, p, op, size):
     torch.manual_seed(0)
     pairs = [(nn.Conv2d(cin, cout, k, s, p), GemmConv2d(cin, cout, k, s, p)),

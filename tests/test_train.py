@@ -139,3 +139,24 @@ def test_same_seed_same_run(tmp_path):
     a, b = train("vae", "digits", out=tmp_path / "a", **kw), train("vae", "digits", out=tmp_path / "b", **kw)
     wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_optimizer_is_fused_where_supported_and_takes_the_same_step():
+    from dgm.train import make_optimizer
+    torch.manual_seed(0)
+    a = [torch.nn.Parameter(torch.randn(50)), torch.nn.Parameter(torch.randn(3, 4))]
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    fused = make_optimizer(torch.optim.AdamW, a, lr=1e-2, weight_decay=0.1)
+    plain = torch.optim.AdamW(b, lr=1e-2, weight_decay=0.1, foreach=False)
+    if tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4):  # the CPU kernel came in torch 2.4
+        assert fused.defaults.get("fused") is True
+    start = [p.detach().clone() for p in a]
+    for _ in range(5):
+        for p, q in zip(a, b):
+            g = torch.randn_like(p)
+            p.grad, q.grad = g.clone(), g.clone()
+        fused.step()
+        plain.step()
+    for p, q in zip(a, b):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-6)
+    assert all((p - s).abs().min() > 1e-3 for p, s in zip(a, start))  # it moved every parameter
