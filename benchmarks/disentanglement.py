@@ -27,7 +27,8 @@ COMMON = {"arch": "mlp", "mlp_hidden": "256,256", "latent_dim": "10", "binarize"
 MODELS = {"vae": ("vae", {"beta": "1"}), "beta-vae": ("beta-vae", {"beta": "4"}),
           # Burgess et al. 2018: gamma |KL - C|, C annealed 0 -> 25 nats (their dSprites settings), over --steps
           "beta-vae-c": ("beta-vae", {"capacity_max": "25", "gamma": "1000"}),
-          "beta-vae-c50": ("beta-vae", {"capacity_max": "50", "gamma": "1000"})}  # room for shape as well
+          "beta-vae-c35": ("beta-vae", {"capacity_max": "35", "gamma": "1000"}),  # room for shape as well?
+          "beta-vae-c50": ("beta-vae", {"capacity_max": "50", "gamma": "1000"})}
 METRIC_KEYS = ["beta_vae_score", "factor_vae_score", "mig", "dci_disentanglement", "dci_completeness",
                "dci_informativeness", "sap", "sap_continuous"]
 
