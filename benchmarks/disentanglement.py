@@ -125,7 +125,8 @@ def write_table(result: dict, path: Path) -> None:
     for name in [m for m in MODELS if m in ev]:
         r = ev[name]
         tr = r.get("train_seconds_from_log", "")
-        lines.append(f"| {name}{' (quick)' if r.get('protocol') == 'quick' else ''} | " + " | ".join(f"{r[k]:.3f}" for k in METRIC_KEYS)
+        label = f"{name} (quick)" if r.get("protocol") == "quick" else name
+        lines.append(f"| {label} | " + " | ".join(f"{r[k]:.3f}" for k in METRIC_KEYS)
                      + f" | {r['final_recon']:.1f} | {r['final_kl']:.1f} | {tr} |")
     text = "\n".join(lines)
     print(text)

@@ -121,7 +121,8 @@ def test_two_process_data_parallel_equals_single_process(tmp_path):
     subprocess.run([sys.executable, script, str(tmp_path / "single"), "0"], check=True, env=env, timeout=300)
     # --standalone: torchrun picks a free port itself (a fixed port can be taken by another run on the machine)
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          str(script), str(tmp_path / "ddp"), "0"], env=env, timeout=300, capture_output=True, text=True)
+                          str(script), str(tmp_path / "ddp"), "0"],
+                         env=env, timeout=300, capture_output=True, text=True)
     assert ddp.returncode == 0, ddp.stdout[-3000:] + ddp.stderr[-3000:]
     a, b = load_file(tmp_path / "single" / "model.safetensors"), load_file(tmp_path / "ddp" / "model.safetensors")
     params = [k for k in a if not k.startswith("code_")]  # code_* are running statistics of each rank's shard
