@@ -44,7 +44,7 @@ def train_stage(args, runs: Path) -> dict:
             train(family, steps=args.steps, out=out, resume=True, data_dir=args.data_dir, progress=False)
         else:
             train(family, "dsprites", steps=args.steps, out=out, data_dir=args.data_dir, progress=False,
-                  overrides={**COMMON, **over, "precision": args.precision,
+                  overrides={**COMMON, **over, "precision": args.precision, "seed": str(args.train_seed),
                              **({"capacity_steps": str(args.steps)} if "capacity_max" in over else {})})
         info[name] = {"train_seconds": round(time.perf_counter() - t0, 1)}
         print(f"trained {name}: {info[name]['train_seconds']} s", flush=True)
@@ -87,7 +87,8 @@ def main(argv=None):
     p.add_argument("--stage", choices=["all", "train", "eval"], default="all")
     p.add_argument("--steps", type=int, default=10_000)
     p.add_argument("--precision", default="fp32")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the metrics' seed")
+    p.add_argument("--train-seed", type=int, default=0, help="initialisation and batch order")
     p.add_argument("--resume", action="store_true", help="continue runs that have a checkpoint")
     p.add_argument("--quick", action="store_true", help="small metric sample sizes (smoke test)")
     p.add_argument("--runs", default="runs")
@@ -101,7 +102,7 @@ def main(argv=None):
     if unknown:
         p.error(f"unknown model(s) {sorted(unknown)}; known: {', '.join(MODELS)}")
     jpath = RESULTS / f"disentanglement{args.tag}.json"
-    info = {"steps": args.steps, "precision": args.precision, "config": COMMON, "torch_threads":
+    info = {"steps": args.steps, "precision": args.precision, "train_seed": args.train_seed, "config": COMMON, "torch_threads":
             torch.get_num_threads(), "omp": os.environ.get("OMP_NUM_THREADS")}
 
     def save(key: str, new: dict) -> dict:
