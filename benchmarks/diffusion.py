@@ -29,8 +29,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def probe_speed(model, data, batch_size: int, precision: str, steps: int = 6) -> float:
     """Training images/second for a few steps (after one warm-up), on a throwaway copy of the optimiser state."""
     import copy
+    from dgm.train import make_optimizer
     m = copy.deepcopy(model).train()
-    opt = torch.optim.Adam(m.parameters(), 1e-4)
+    opt = make_optimizer(torch.optim.Adam, m.parameters(), lr=1e-4)  # as the Trainer builds it
     x, y = data.images[:batch_size], (data.labels[:batch_size] if data.labels is not None else None)
     times = []
     for i in range(steps + 1):

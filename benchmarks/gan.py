@@ -51,6 +51,7 @@ def speed(batch: int = 64, width: int = 64, steps: int = 15) -> None:
     """Real images per CPU-second of this process (one thread), after 3 warm-up steps: one D and one G update per
     step on random uint8 MNIST-shaped batches. CPU time, so the number does not depend on the machine's load."""
     from dgm.models.gan import GAN, GANConfig
+    from dgm.train import make_optimizer
     torch.set_num_threads(1)
     x = torch.randint(0, 256, (batch, 1, 28, 28), dtype=torch.uint8)
     print("| loss | fp32 real img / CPU-s | bf16 real img / CPU-s |\n|---|---|---|")
@@ -60,7 +61,8 @@ def speed(batch: int = 64, width: int = 64, steps: int = 15) -> None:
         for prec in ("fp32", "bf16"):
             torch.manual_seed(0)
             m = GAN(GANConfig(channels=1, image_size=28, width=width, **kw))
-            opts = {ph: torch.optim.Adam(m.phase_parameters(ph), 2e-4, betas=(0.5, 0.999)) for ph in m.phases}
+            opts = {ph: make_optimizer(torch.optim.Adam, m.phase_parameters(ph), lr=2e-4, betas=(0.5, 0.999))
+                    for ph in m.phases}  # as the Trainer builds them
 
             def step():
                 for ph, o in opts.items():
