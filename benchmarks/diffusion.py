@@ -76,10 +76,16 @@ def stage_train(a):
                          "ckpt_every": str(a.chunk), "sample_every": str(10 * a.chunk)})
         print(f"step {step}  {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
     secs = time.perf_counter() - t0 + (prev["train_seconds"] if prev else 0.0)
-    info = {"steps": step, "batch_size": a.batch_size, "precision": prec, "lr": a.lr, "ema_decay": a.ema,
-            "base_channels": a.base, "probe_img_per_s": speeds, "train_seconds": round(secs, 1),
-            "img_per_s_overall": round(step * a.batch_size / secs, 2), "params": model.num_parameters(),
-            "epochs": round(step * a.batch_size / len(data), 3)}
+    # A resumed run keeps its own config (lr, EMA decay, width), whatever this command's flags say: record those.
+    saved = json.loads((Path(a.out) / "config.json").read_text())
+    bs = saved["train"]["batch_size"]
+    info = {"steps": step, "batch_size": bs, "precision": prec, "lr": saved["train"]["lr"],
+            "ema_decay": saved["train"]["ema_decay"], "base_channels": saved["model"]["base_channels"],
+            "probe_img_per_s": speeds, "train_seconds": round(secs, 1),
+            "img_per_s_overall": round(step * bs / secs, 2), "params": load(a.out).num_parameters(),
+            "epochs": round(step * bs / len(data), 3),
+            **({"earlier": {k: prev[k] for k in ("steps", "train_seconds", "ema_decay", "note") if k in prev}}
+               if prev else {})}
     (Path(a.out) / "bench_train.json").write_text(json.dumps(info, indent=2))
     print(json.dumps(info), flush=True)
     write_figures(a.out, load(a.out))

@@ -45,7 +45,8 @@ def train_stage(args, runs: Path) -> dict:
         else:
             train(family, "dsprites", steps=args.steps, out=out, data_dir=args.data_dir, progress=False,
                   overrides={**COMMON, **over, "precision": args.precision, "seed": str(args.train_seed),
-                             **({"capacity_steps": str(args.steps)} if "capacity_max" in over else {})})
+                             **({"capacity_steps": str(args.capacity_steps or args.steps)}
+                                if "capacity_max" in over else {})})
         info[name] = {"train_seconds": round(time.perf_counter() - t0, 1)}
         print(f"trained {name}: {info[name]['train_seconds']} s", flush=True)
     return info
@@ -86,6 +87,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stage", choices=["all", "train", "eval"], default="all")
     p.add_argument("--steps", type=int, default=10_000)
+    p.add_argument("--capacity-steps", type=int, default=None,
+                   help="steps over which C is annealed for the capacity models (default: --steps)")
     p.add_argument("--precision", default="fp32")
     p.add_argument("--seed", type=int, default=0, help="the metrics' seed")
     p.add_argument("--train-seed", type=int, default=0, help="initialisation and batch order")
@@ -102,7 +105,8 @@ def main(argv=None):
     if unknown:
         p.error(f"unknown model(s) {sorted(unknown)}; known: {', '.join(MODELS)}")
     jpath = RESULTS / f"disentanglement{args.tag}.json"
-    info = {"steps": args.steps, "precision": args.precision, "train_seed": args.train_seed, "config": COMMON, "torch_threads":
+    info = {"steps": args.steps, "capacity_steps": args.capacity_steps or args.steps, "precision": args.precision,
+            "train_seed": args.train_seed, "config": COMMON, "torch_threads":
             torch.get_num_threads(), "omp": os.environ.get("OMP_NUM_THREADS")}
 
     def save(key: str, new: dict) -> dict:
