@@ -161,3 +161,27 @@ def test_optimizer_is_fused_where_supported_and_takes_the_same_step():
     for p, q in zip(a, b):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-6)
     assert all((p - s).abs().min() > 1e-3 for p, s in zip(a, start))  # it moved every parameter
+
+
+def _python(code: str, **env) -> list[str]:
+    """Run code in a fresh interpreter (the allocator setting is per process); its printed words."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**os.environ, **env}).stdout.split()
+
+
+def test_allocator_tuning_applies_once_and_can_be_turned_off():
+    import platform
+    code = ("import dgm.train as t; assert t._ALLOCATOR_TUNED is None; a = t.tune_allocator(); "
+            "print(a, t.tune_allocator(), t._ALLOCATOR_TUNED)")
+    assert _python(code, DGM_MALLOC_TUNE="0") == ["False", "False", "False"]
+    on = _python(code, DGM_MALLOC_TUNE="1")
+    assert on[0] == on[1] == on[2]  # idempotent: the second call reports the first call's outcome
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert on[0] == "True"
+
+
+def test_a_cpu_trainer_tunes_the_allocator(tmp_path):
+    code = ("import dgm.train as t; from dgm.tasks import train; "
+            f"train('vae', 'digits', steps=2, out={str(tmp_path / 'r')!r}, progress=False, figures=False); "
+            "print(t._ALLOCATOR_TUNED)")
+    assert _python(code, DGM_MALLOC_TUNE="1")[-1] in ("True", "False")  # None: the Trainer never asked

@@ -23,6 +23,7 @@ from dgm.models.base import GenerativeModel, ImageConfig, randn
 from dgm.nn.unet import UNet
 from dgm.registry import register
 from dgm.schedulers import PREDICTIONS, NoiseSchedule, make_scheduler
+from dgm.train import tune_allocator
 
 
 @dataclass
@@ -163,6 +164,8 @@ class Diffusion(GenerativeModel):
         the same images every time. `callback(i, t, x_t, x0_hat)` sees every step (figures use it)."""
         c = self.config
         cond = self._check_cond(n, cond, guidance)
+        if self.device.type == "cpu":
+            tune_allocator()
         net = self.net
         if compile:  # torch.compile pays off for long sampling runs (seconds of compile, then faster steps)
             if self._compiled is None:
