@@ -45,6 +45,7 @@ def train_stage(args, runs: Path) -> dict:
         else:
             train(family, "dsprites", steps=args.steps, out=out, data_dir=args.data_dir, progress=False,
                   overrides={**COMMON, **over, "precision": args.precision, "seed": str(args.train_seed),
+                             "lr_decay_start": str(args.lr_decay_start),
                              **({"capacity_steps": str(args.capacity_steps or args.steps)}
                                 if "capacity_max" in over else {})})
         info[name] = {"train_seconds": round(time.perf_counter() - t0, 1)}
@@ -89,6 +90,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=10_000)
     p.add_argument("--capacity-steps", type=int, default=None,
                    help="steps over which C is annealed for the capacity models (default: --steps)")
+    p.add_argument("--lr-decay-start", type=float, default=1.0,
+                   help="fraction of --steps after which the lr decays linearly to 0 (1: constant lr)")
     p.add_argument("--precision", default="fp32")
     p.add_argument("--seed", type=int, default=0, help="the metrics' seed")
     p.add_argument("--train-seed", type=int, default=0, help="initialisation and batch order")
@@ -105,7 +108,8 @@ def main(argv=None):
     if unknown:
         p.error(f"unknown model(s) {sorted(unknown)}; known: {', '.join(MODELS)}")
     jpath = RESULTS / f"disentanglement{args.tag}.json"
-    info = {"steps": args.steps, "capacity_steps": args.capacity_steps or args.steps, "precision": args.precision,
+    info = {"steps": args.steps, "capacity_steps": args.capacity_steps or args.steps,
+            "lr_decay_start": args.lr_decay_start, "precision": args.precision,
             "train_seed": args.train_seed, "config": COMMON, "torch_threads":
             torch.get_num_threads(), "omp": os.environ.get("OMP_NUM_THREADS")}
 
