@@ -77,18 +77,18 @@ def stage_train(a):
         print(f"step {step}  {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
     secs = time.perf_counter() - t0 + (prev["train_seconds"] if prev else 0.0)
     # A resumed run keeps its own config (lr, EMA decay, width), whatever this command's flags say: record those.
-    saved = json.loads((Path(a.out) / "config.json").read_text())
+    saved, trained = json.loads((Path(a.out) / "config.json").read_text()), load(a.out)
     bs = saved["train"]["batch_size"]
     info = {"steps": step, "batch_size": bs, "precision": prec, "lr": saved["train"]["lr"],
             "ema_decay": saved["train"]["ema_decay"], "base_channels": saved["model"]["base_channels"],
             "probe_img_per_s": speeds, "train_seconds": round(secs, 1),
-            "img_per_s_overall": round(step * bs / secs, 2), "params": load(a.out).num_parameters(),
+            "img_per_s_overall": round(step * bs / secs, 2), "params": trained.num_parameters(),
             "epochs": round(step * bs / len(data), 3),
             **({"earlier": {k: prev[k] for k in ("steps", "train_seconds", "ema_decay", "note") if k in prev}}
                if prev else {})}
     (Path(a.out) / "bench_train.json").write_text(json.dumps(info, indent=2))
     print(json.dumps(info), flush=True)
-    write_figures(a.out, load(a.out))
+    write_figures(a.out, trained)
 
 
 def domain_fid_setup(a, model):
