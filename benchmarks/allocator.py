@@ -1,4 +1,4 @@
-"""The allocator setting (`dgm.train.tune_allocator`) on the element-wise work of a training step, in fresh processes.
+"""The allocator setting (`dgm.memory.tune_allocator`) on the element-wise work of a training step, in fresh processes.
 
 Times a bf16 softmax and a bf16 add over one attention chunk (27 x 196 x 196 elements, what `dgm.nn.unet.attention`
 computes at a time) and over a 32x larger tensor, with DGM_MALLOC_TUNE=0 and =1, interleaved rounds; prints
@@ -16,7 +16,7 @@ import sys
 
 WORKER = r"""
 import time, torch
-from dgm.train import tune_allocator
+from dgm.memory import tune_allocator
 tuned = tune_allocator()
 torch.manual_seed(0)
 def ns(f, x, n):

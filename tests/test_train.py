@@ -171,7 +171,7 @@ def _python(code: str, **env) -> list[str]:
 
 def test_allocator_tuning_applies_once_and_can_be_turned_off():
     import platform
-    code = ("import dgm.train as t; assert t._ALLOCATOR_TUNED is None; a = t.tune_allocator(); "
+    code = ("import dgm.memory as t; assert t._ALLOCATOR_TUNED is None; a = t.tune_allocator(); "
             "print(a, t.tune_allocator(), t._ALLOCATOR_TUNED)")
     assert _python(code, DGM_MALLOC_TUNE="0") == ["False", "False", "False"]
     on = _python(code, DGM_MALLOC_TUNE="1")
@@ -181,7 +181,7 @@ def test_allocator_tuning_applies_once_and_can_be_turned_off():
 
 
 def test_a_cpu_trainer_tunes_the_allocator(tmp_path):
-    code = ("import dgm.train as t; from dgm.tasks import train; "
+    code = ("import dgm.memory as t; from dgm.tasks import train; "
             f"train('vae', 'digits', steps=2, out={str(tmp_path / 'r')!r}, progress=False, figures=False); "
             "print(t._ALLOCATOR_TUNED)")
     assert _python(code, DGM_MALLOC_TUNE="1")[-1] in ("True", "False")  # None: the Trainer never asked

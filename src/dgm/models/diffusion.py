@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 
 from dgm.data import to_float
+from dgm.memory import tune_allocator
 from dgm.models.base import GenerativeModel, ImageConfig, randn
 from dgm.nn.unet import UNet
 from dgm.registry import register
 from dgm.schedulers import PREDICTIONS, NoiseSchedule, make_scheduler
-from dgm.train import tune_allocator
 
 
 @dataclass
