@@ -23,7 +23,7 @@ import torch.distributed as dist
 from dgm.data import Batches
 from dgm.io import atomic_write, save
 from dgm.memory import tune_allocator
-from dgm.viz import save_grid
+from dgm.grids import save_grid
 
 
 @dataclass
