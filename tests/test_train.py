@@ -97,7 +97,7 @@ def test_load_errors_are_clear(tmp_path):
 def test_resume_with_corrupt_checkpoint_is_a_clear_error(tmp_path, digits8):
     run(tmp_path, digits8, 4)
     (tmp_path / "checkpoint.pt").write_bytes(b"\x00" * 10)
-    with pytest.raises(RuntimeError, match="unreadable"):
+    with pytest.raises(RunError, match="unreadable"):
         run(tmp_path, digits8, 8, resume=True)
 
 
