@@ -476,3 +476,50 @@ def test_a_trainer_on_a_missing_cuda_device_fails_before_training(tmp_path, digi
     dgm.save(VAE(VAEConfig(**TINY_VAE)), tmp_path / "r")
     with pytest.raises(dio.DeviceError, match=msg):
         dgm.load(tmp_path / "r", "cuda")
+
+
+DDP_SCRIPT = """
+import itertools, json, os, signal, sys, torch
+import dgm.train as dtrain
+from dgm.data import load_dataset
+from dgm.models.ae import AE, AEConfig
+from dgm.train import Interrupted, TrainConfig, Trainer
+data = load_dataset("digits", "train", image_size=8)
+rank = int(os.environ["RANK"])
+ticks = itertools.count()
+dtrain._cpu_clock = lambda: float(next(ticks)) * (1 + rank)  # rank 1's CPU clock runs twice as fast
+def model():
+    torch.manual_seed(0)
+    return AE(AEConfig(channels=1, image_size=8, latent_dim=3, arch="mlp", mlp_hidden=(32,)))
+t = Trainer(model(), data, TrainConfig(minutes=10 / 60, batch_size=16, seed=3, device="cpu", log_every=1),
+            sys.argv[1] + "/budget", progress=False)
+t.fit()
+res = {"budget_step": t.step, "cpu": t.cpu_seconds}
+m = model()
+real = m.loss
+def loss(batch, phase="main"):
+    if rank == 1 and m.step == 2:
+        os.kill(os.getpid(), signal.SIGTERM)  # only one process is told to stop
+    return real(batch, phase)
+m.loss = loss
+t = Trainer(m, data, TrainConfig(steps=50, batch_size=16, seed=3, device="cpu", ckpt_every=100), sys.argv[1] + "/sig",
+            progress=False)
+try:
+    t.fit()
+except Interrupted as e:
+    res.update(sig_step=e.step, sig_ckpt=e.checkpoint_step)
+print("RESULT", rank, json.dumps(res), flush=True)
+"""
+
+
+def test_data_parallel_processes_stop_together_on_a_budget_or_one_processs_signal(tmp_path):
+    (tmp_path / "ddp.py").write_text(DDP_SCRIPT)
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(tmp_path / "ddp.py"), str(tmp_path)], env=ENV, timeout=300, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    res = {int(ln.split()[1]): json.loads(ln.split(maxsplit=2)[2]) for ln in out.stdout.splitlines()
+           if ln.startswith("RESULT")}
+    # The largest CPU time counts: rank 1 reaches 10 s after 5 steps, and rank 0 stops with it.
+    assert res[0] == res[1] == {"budget_step": 5, "cpu": 10.0, "sig_step": 3, "sig_ckpt": 3}
+    assert [r["step"] for r in rows(tmp_path / "budget")] == [1, 2, 3, 4, 5]
+    assert torch.load(tmp_path / "sig" / "checkpoint.pt", weights_only=True)["step"] == 3
