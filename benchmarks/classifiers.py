@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from dgm.models.classifier import EPOCHS, train_classifier
+from dgm.metrics.classifier import RECIPES, train_classifier
 
 TARGET = {"mnist": 0.99, "fashion-mnist": 0.91, "usps": 0.95, "digits": None}
 
@@ -35,7 +35,7 @@ def main() -> None:
         logs = [json.loads(ln) for ln in (d / "metrics.jsonl").read_text().splitlines() if ln.strip()]
         ips = sorted(r["img_per_s"] for r in logs)[len(logs) // 2] if logs else float("nan")
         rows.append({"dataset": ds, "test_accuracy": info["test_accuracy"], "n_test": info["n_test"],
-                     "target": TARGET.get(ds), "epochs": EPOCHS.get(ds), "train_seconds": round(dt, 1),
+                     "target": TARGET.get(ds), "epochs": RECIPES.get(ds, {}).get("epochs"), "train_seconds": round(dt, 1),
                      "train_img_per_s_median": round(ips, 1), "image_size": info["image_size"], "folder": str(d),
                      "threads": torch.get_num_threads()})
         print(rows[-1], flush=True)

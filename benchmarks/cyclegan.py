@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from dgm.evaluate import evaluate
-from dgm.models.cyclegan import domain_classifier
+from dgm.metrics.classifier import domain_classifier
 from dgm.tasks import train
 
 HERE = Path(__file__).resolve().parent
@@ -63,7 +63,8 @@ def main() -> None:
     ap.add_argument("--dry", action="store_true", help="a seconds-long check of the script (tiny, meaningless)")
     a = ap.parse_args()
     t_all = time.perf_counter()
-    from dgm.models.classifier import cache_root, train_classifier
+    from dgm.metrics.classifier import train_classifier
+    from dgm.models.classifier import cache_root
     if a.dry:  # stand-in classifiers in a private cache so the real ones are never touched
         import os
         os.environ["DGM_DATA"] = str(Path(a.runs) / "cache")
@@ -81,7 +82,7 @@ def main() -> None:
     if a.source_zoom > 0:  # a zoom-robust source classifier for the semantic loss, trained on MNIST labels only
         from dgm.data import load_dataset
         from dgm.io import load
-        from dgm.models.classifier import test_accuracy
+        from dgm.metrics.classifier import test_accuracy
         t0 = time.perf_counter()
         f_s_dir = Path(a.runs) / f"f_s_zoom{a.source_zoom:g}"
         train_classifier("mnist", data_dir=a.data_dir, out=f_s_dir, overrides={"zoom": str(a.source_zoom)},

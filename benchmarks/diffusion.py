@@ -53,7 +53,8 @@ def stage_train(a):
     from dgm.data import load_dataset
     from dgm.io import load
     from dgm.models.diffusion import Diffusion, DiffusionConfig
-    from dgm.tasks import train, write_figures
+    from dgm.figures import write_figures
+    from dgm.tasks import run_data, train
     data = load_dataset(a.data, "train", data_dir=a.data_dir)
     c, h, _ = data.shape
     model = Diffusion(DiffusionConfig(channels=c, image_size=h, base_channels=a.base))
@@ -88,12 +89,12 @@ def stage_train(a):
                if prev else {})}
     (Path(a.out) / "bench_train.json").write_text(json.dumps(info, indent=2))
     print(json.dumps(info), flush=True)
-    write_figures(a.out, trained)
+    write_figures(a.out, trained, run_data(a.out))
 
 
 def domain_fid_setup(a, model):
     from dgm.metrics import fid
-    from dgm.models.classifier import get_classifier
+    from dgm.metrics.classifier import get_classifier
     clf = get_classifier(a.data, data_dir=a.data_dir, progress=False)
     ext = fid.DomainExtractor(clf)
     ref = fid.reference_stats(a.data, ext, "train", 10_000, data_dir=a.data_dir, seed=0, batch_size=500, progress=False)
@@ -106,7 +107,7 @@ def stage_eval(a):
     from dgm.data import load_dataset
     from dgm.io import load
     from dgm.metrics import fid
-    from dgm.viz import save_grid
+    from dgm.grids import save_grid
     model = load(a.out)
     res = {"data": a.data, "run": str(a.out), "train": json.loads((Path(a.out) / "bench_train.json").read_text()),
            "sample_precision": a.sample_precision, "domain_ref": f"{a.data} train, seeded subset of 10,000", "rows": []}

@@ -27,7 +27,7 @@ import torch
 from dgm.data import load_dataset
 from dgm.metrics import fid
 from dgm.metrics.kid import kid, precision_recall
-from dgm.models.classifier import get_classifier
+from dgm.metrics.classifier import get_classifier
 
 
 def timed_features(images, ext, bs, desc):

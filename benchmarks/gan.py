@@ -27,8 +27,9 @@ from pathlib import Path
 import torch
 
 from dgm.evaluate import evaluate
-from dgm.tasks import train, write_figures
-from dgm.viz import read_metrics
+from dgm.figures import read_metrics, write_figures
+from dgm.io import load
+from dgm.tasks import run_data, train
 
 CONFIGS = {
     "ns": {"loss": "ns"},                                          # Radford et al. 2016 DCGAN, non-saturating loss
@@ -200,7 +201,7 @@ def main():
                     "final_d_auc": rows[-1].get("d/d_auc")})
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            write_figures(run)
+            write_figures(run, load(run), run_data(run))
         rec["warnings"] = [str(w.message) for w in caught if "Collapse" in type(w.message).__name__]
         for f in ("dx.png", "samples.png"):
             if (run / f).is_file():

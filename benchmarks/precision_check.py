@@ -13,7 +13,7 @@ from pathlib import Path
 
 from dgm.evaluate import evaluate
 from dgm.tasks import train
-from dgm.viz import read_metrics
+from dgm.figures import read_metrics
 
 
 def main():

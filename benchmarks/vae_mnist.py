@@ -19,7 +19,7 @@ import torch
 
 from dgm.evaluate import evaluate
 from dgm.tasks import train
-from dgm.viz import read_metrics
+from dgm.figures import read_metrics
 
 
 def main():

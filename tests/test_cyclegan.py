@@ -248,13 +248,14 @@ def test_semantic_classifier_from_a_folder(tmp_path):
     clf = Classifier(ClassifierConfig(channels=1, image_size=12, num_classes=10))  # f_S has the default layers
     save(clf, tmp_path / "f_s")
     m = tiny(semantic_weight=1.0, num_classes=10, semantic_classifier=str(tmp_path / "f_s"))
+    from dgm.tasks import frozen_classifier
     data = load_dataset("unpaired:digits,digits", "train", image_size=12)
-    m.prepare_training(data)
+    m.prepare_training(data, classifier=frozen_classifier(m.needs_classifier(data), 12))
     assert all(torch.equal(v, clf.state_dict()[k]) for k, v in m.f_s.state_dict().items())
     save(tiny(), tmp_path / "not_a_classifier")
     m = tiny(semantic_weight=1.0, num_classes=10, semantic_classifier=str(tmp_path / "not_a_classifier"))
     with pytest.raises(ValueError, match="not a classifier"):
-        m.prepare_training(data)
+        m.prepare_training(data, classifier=frozen_classifier(m.needs_classifier(data), 12))
 
 
 def test_label_preservation_wiring():

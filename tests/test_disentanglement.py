@@ -164,7 +164,7 @@ def small_data(n=40):
 
 def test_traversal_grid_rows_sorted_by_kl(tmp_path):
     from PIL import Image
-    from dgm.traversal import latent_order, traversal_images, write_traversal
+    from dgm.figures import latent_order, traversal_images, write_traversal
     m = tiny_beta_vae().eval()
     data = small_data()
     order, score, name = latent_order(m, data)

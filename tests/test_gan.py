@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from dgm.data import ImageData
-from dgm.models.gan import (GAN, LOSSES, GANCollapseWarning, GANConfig, d_loss, g_loss, gradient_penalty,
-                            pairwise_auc)
+from dgm.metrics.gan_health import GANCollapseWarning, gan_health
+from dgm.models.gan import GAN, LOSSES, GANConfig, d_loss, g_loss, gradient_penalty, pairwise_auc
 from dgm.train import TrainConfig, Trainer
 
 
@@ -237,10 +237,10 @@ def test_health_warns_when_d_wins_for_long():
     rows = [{"step": s, "d/d_auc": 1.0} for s in range(100, 2100, 100)]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert m.health(rows[:3])["warnings"] == []
-    assert "D won outright" in m.health(rows)["warnings"][0]
+        assert gan_health(m, rows[:3])["warnings"] == []
+    assert "D won outright" in gan_health(m, rows)["warnings"][0]
     ok = [{"step": s, "d/d_auc": 0.7} for s in range(100, 2100, 100)]
-    assert m.health(ok)["warnings"] == []
+    assert gan_health(m, ok)["warnings"] == []
 
 
 def test_cli_train_sample_interpolate(tmp_path):

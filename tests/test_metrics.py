@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from dgm.models.base import GenerativeModel, ImageConfig
+
 from dgm.metrics import fid
 from dgm.metrics.kid import kid, precision_recall
 
@@ -187,7 +189,7 @@ def test_random_zoom_scales_about_the_centre():
 @pytest.fixture(scope="module")
 def digits_classifier(tmp_path_factory):
     """A quickly trained digits classifier in a private cache (a narrow net, 12 epochs of 1,442 16x16 images: ~4 CPU-seconds)."""
-    from dgm.models.classifier import train_classifier
+    from dgm.metrics.classifier import train_classifier
     cache = tmp_path_factory.mktemp("classifiers")
     train_classifier("digits", epochs=12, cache_dir=cache, progress=False, device="cpu",
                      overrides={"widths": "8,16,32", "feature_dim": "32", "lr": "5e-3", "batch_size": "64"})
@@ -196,7 +198,8 @@ def digits_classifier(tmp_path_factory):
 
 def test_classifier_trains_caches_and_loads(digits_classifier, tmp_path):
     import dgm
-    from dgm.models.classifier import classifier_dir, get_classifier
+    from dgm.metrics.classifier import get_classifier
+    from dgm.models.classifier import classifier_dir
     clf = get_classifier("digits", cache_dir=digits_classifier, train_if_missing=False)
     assert clf.test_accuracy > 0.8
     assert clf.features(torch.rand(5, 1, 16, 16)).shape == (5, clf.config.feature_dim)
@@ -221,13 +224,13 @@ def test_inception_score_and_mode_coverage_formulas():
 
 
 # -- dgm evaluate / leaderboard on models that sample -----------------------------------------------------------------
-class _ImageModel(torch.nn.Module):
+class _ImageModel(GenerativeModel):
     """A stand-in generator that returns given images (real data: the floor) or noise (the ceiling)."""
     family = "stub"
     device = torch.device("cpu")
 
     def __init__(self, images=None):
-        super().__init__()
+        super().__init__(ImageConfig(channels=1, image_size=16))
         self.images, self.w = images, torch.nn.Parameter(torch.zeros(1))
 
     def sample(self, n, *, cond=None, generator=None):
@@ -297,7 +300,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 
 def test_reference_stats_are_cached(digits_classifier, tmp_path):
-    from dgm.models.classifier import get_classifier
+    from dgm.metrics.classifier import get_classifier
     ext = fid.DomainExtractor(get_classifier("digits", cache_dir=digits_classifier, train_if_missing=False))
     a = fid.reference_stats("digits", ext, "train", n=500, cache_dir=tmp_path, progress=False)
     assert a["n"] == 500 and a["mu"].shape == (ext.dim,) and a["sigma"].shape == (ext.dim, ext.dim)

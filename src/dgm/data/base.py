@@ -51,6 +51,16 @@ class ImageData:
         c, h, w = self.images.shape[1:]
         return int(c), int(h), int(w)
 
+    def model_fields(self) -> dict[str, int]:
+        """Model config fields this data fixes (the Trainer's caller fills them): channels, size, classes."""
+        c, h, _ = self.shape
+        return {"channels": c, "image_size": h, "num_classes": self.num_classes or 0}
+
+    def batches(self, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+        """The Trainer's batch iterator over this data (dgm.data.batches.Batches; unpaired data brings its own)."""
+        from dgm.data.batches import Batches  # batches.py imports this module
+        return Batches(self, batch_size, seed=seed, rank=rank, world_size=world_size)
+
 
 def to_float(x_uint8: torch.Tensor, value_range: str = "01") -> torch.Tensor:
     """uint8 pixels -> float32 in ``[0, 1]`` (``value_range="01"``) or ``[-1, 1]`` (``"-11"``)."""

@@ -15,10 +15,10 @@ from dgm.data.catalog import register_dataset
 FORMATS = {"PNG", "JPEG", "BMP", "WEBP"}
 DEFAULT_SIZE = 64
 # What PIL raises on unreadable, truncated or hostile files; anything else is a bug and should surface.
-_READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 
 
-def _files(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
     """All non-hidden files below ``folder``, in a deterministic order."""
     out = []
     for dirpath, dirnames, filenames in os.walk(folder):
@@ -45,7 +45,7 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def _read(path: Path, size: int) -> np.ndarray:
+def read_image(path: Path, size: int) -> np.ndarray:
     """One image as uint8 ``(size, size, 3)``: shorter side resized to ``size`` (antialiased), centre-cropped."""
     with Image.open(path) as im:
         if im.format not in FORMATS:
@@ -89,16 +89,16 @@ def load_folder(split, data_dir, image_size, download, *, path: str) -> ImageDat
     outside = 0
     if classes:
         for i, c in enumerate(classes):
-            candidates.extend((f, i) for f in _files(base / c))  # a class absent from this split adds nothing
+            candidates.extend((f, i) for f in image_files(base / c))  # a class absent from this split adds nothing
         outside = sum(1 for p in base.iterdir() if p.is_file() and not p.name.startswith("."))
     else:
-        candidates = [(f, -1) for f in _files(base)]
+        candidates = [(f, -1) for f in image_files(base)]
 
     arrays, labels, bad = [], [], []
     for f, label in candidates:
         try:
-            arrays.append(_read(f, size))
-        except _READ_ERRORS:
+            arrays.append(read_image(f, size))
+        except READ_ERRORS:
             bad.append(f.name)
             continue
         labels.append(label)

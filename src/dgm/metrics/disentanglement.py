@@ -229,15 +229,9 @@ def all_metrics(rep: Rep, factor_sizes: Sequence[int] | None = None, *, seed: in
 
 
 # -- representations of a trained model --------------------------------------------------------------------------
-@torch.inference_mode()
 def encode_means(model, images_uint8: torch.Tensor, batch: int = 2048) -> np.ndarray:
     """Posterior means (or AE codes) of uint8 images, (n, d) float32, in batches."""
-    from dgm.data import to_float
-    out = []
-    for i in range(0, len(images_uint8), batch):
-        r = model.encode(to_float(images_uint8[i:i + batch]).to(model.device))
-        out.append((r[0] if isinstance(r, tuple) else r).float().cpu())
-    return torch.cat(out).numpy()
+    return encode_all(model, images_uint8, batch).numpy()
 
 
 def dsprites_representation(model, table: bool = True, chunk: int = 8192) -> Rep:
@@ -264,10 +258,11 @@ def planned_encodings(sizes: dict[str, int]) -> int:
 
 
 # -- `dgm evaluate RUN --metrics disentanglement` ----------------------------------------------------------------
+from dgm.metrics.representation import encode_all  # noqa: E402
 from dgm.evaluate import metric  # noqa: E402  (registering needs the registry; evaluate imports this module lazily)
 
 
-@metric("disentanglement", applies=lambda m: hasattr(m, "encode"))
+@metric("disentanglement", applies=lambda m: "encode" in m.capabilities())
 def _disentanglement(model, ctx):
     """All five metrics for a model trained on dsprites; other datasets have no ground-truth factors (skipped).
 

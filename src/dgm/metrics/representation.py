@@ -2,6 +2,16 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
+
+from dgm.data import to_float
+
+
+@torch.inference_mode()
+def encode_all(model, images_uint8: torch.Tensor, batch: int = 1000) -> torch.Tensor:
+    """Codes (the posterior means of a VAE) of uint8 images, (n, d) float32 on the CPU, `batch` images at a time."""
+    return torch.cat([model.encode(to_float(images_uint8[i:i + batch]).to(model.device)).float().cpu()
+                      for i in range(0, len(images_uint8), batch)])
 
 
 def cluster_accuracy(labels: np.ndarray, clusters: np.ndarray) -> float:

@@ -21,13 +21,10 @@ import numpy as np
 import torch
 
 from dgm.evaluate import metric
-from dgm.models.base import GenerativeModel
 
 
 def can_sample(model) -> bool:
-    """True when the model's class implements `sample` (the base class only raises NotImplementedError)."""
-    impl = getattr(type(model), "sample", None)
-    return impl is not None and impl is not GenerativeModel.sample
+    return "sample" in model.capabilities()
 
 
 # -- shared pieces -------------------------------------------------------------------------------------------------
@@ -58,7 +55,7 @@ def domain_classifier(model, ctx):
     """The run's dataset's domain classifier at the run's image size (trained and cached when missing), or None when
     the dataset has no labels."""
     if "classifier" not in ctx.memo:
-        from dgm.models.classifier import get_classifier
+        from dgm.metrics.classifier import get_classifier
         name, size = data_info(ctx)
         if ctx.data("train").labels is None:
             ctx.memo["classifier"] = None
@@ -231,7 +228,7 @@ def _mode_coverage(model, ctx):
 
 @metric("test_accuracy", applies=lambda m: hasattr(m, "predict") and hasattr(m, "features"))
 def _test_accuracy(model, ctx):
-    from dgm.models.classifier import test_accuracy
+    from dgm.metrics.classifier import test_accuracy
     test = ctx.data("test")
     if test.labels is None:
         return {}

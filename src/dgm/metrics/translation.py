@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 
 from dgm.data import ImageData, to_float
-from dgm.models.cyclegan import domain_classifier, match_channels
+from dgm.metrics.classifier import domain_classifier
+from dgm.models.cyclegan import match_channels
 
 
 def _accuracy(clf, x01: torch.Tensor, labels: torch.Tensor) -> float:

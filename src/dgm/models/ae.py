@@ -64,10 +64,17 @@ class AE(GenerativeModel):
                 self.code_var.lerp_(zf.var(0, unbiased=False) if len(zf) > 1 else self.code_var, m)
         return {"loss": rec, "recon": rec.detach()}
 
+    def sample_latent(self, n, generator=None):
+        """Codes from the diagonal Gaussian fitted to the training codes."""
+        eps = randn((n, self.config.latent_dim), generator, self.device)
+        return self.code_mean + eps * self.code_var.sqrt()
+
+    def latent_moments(self):
+        return self.code_mean, self.code_var.sqrt()
+
     @torch.inference_mode()
     def sample(self, n, *, cond=None, generator=None):
-        eps = randn((n, self.config.latent_dim), generator, self.device)
-        return self.decode(self.code_mean + eps * self.code_var.sqrt())
+        return self.decode(self.sample_latent(n, generator))
 
     def preview(self, batch, generator):
         x = to_float(batch[0][:32])

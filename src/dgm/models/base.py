@@ -14,11 +14,14 @@ denoising step). Nothing here branches on a family's name.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+from dgm.config import config_from_dict
 
 # Methods whose override declares an ability (the method's name is the capability's name).
 ABILITIES = ("sample", "encode", "decode", "reconstruct", "translate", "posterior", "elbo", "nll", "bits_per_dim")
@@ -47,6 +50,17 @@ class GenerativeModel(nn.Module):
         super().__init__()
         self.config = config
         self.step = 0
+
+    @classmethod
+    def for_data(cls, data, options: dict[str, Any] | None = None) -> GenerativeModel:
+        """A freshly initialised model for a dataset: `options` (model config fields) plus the fields the data fixes
+        (channels, size, classes; unpaired data also B's channels). Seed torch first for reproducible weights."""
+        fields = data.model_fields()
+        extra = sorted(set(fields) - {f.name for f in dataclasses.fields(cls.Config)})
+        if extra:
+            raise ValueError(f"dataset {data.name!r} needs a model with {', '.join(extra)} "
+                             f"(e.g. cyclegan for unpaired data); {cls.family} has none")
+        return cls(config_from_dict(cls.Config, {**(options or {}), **fields}))
 
     # -- what a model can do ---------------------------------------------------------------------------------
     def capabilities(self) -> frozenset[str]:
@@ -112,6 +126,12 @@ class GenerativeModel(nn.Module):
     def sample_latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """(n, latent_dim) codes that `decode` turns into samples (default: the standard normal prior)."""
         return randn((n, self.config.latent_dim), generator, self.device)
+
+    def latent_moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard deviation (each (latent_dim,)) of the codes `sample_latent` draws: the prior's 0 and 1
+        by default; traversals and the studio's sliders span mean +- a few std."""
+        d = self.config.latent_dim
+        return torch.zeros(d, device=self.device), torch.ones(d, device=self.device)
 
     def reconstruct(self, x01: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) in [0, 1] -> its reconstruction, same shape and range."""

@@ -1,9 +1,9 @@
 """Domain classifiers: a small CNN per dataset, the feature extractor behind "domain FID", the classifier-based
 Inception Score, mode coverage and CycleGAN's label-preservation accuracy (docs/EVALUATION.md).
 
-Python API (other families code against this):
+The network and where its cached copies live; training, finding and testing them is dgm.metrics.classifier:
 
-    from dgm.models.classifier import get_classifier
+    from dgm.metrics.classifier import get_classifier
     clf = get_classifier("mnist")                 # cached in <cache root>/classifiers/mnist/, trained if missing
     clf = get_classifier("usps", image_size=28)   # a classifier for USPS images resized to 28x28
     logits = clf(x01)                             # x01: float (B, C, H, W) in [0, 1] at clf's size -> (B, classes)
@@ -32,8 +32,6 @@ from dgm.data import to_float
 from dgm.models.base import GenerativeModel, ImageConfig
 from dgm.registry import register
 
-# Training budgets (epochs) that reach the accuracy targets of EVALUATION.md / BENCHMARKS.md on 2 CPU cores.
-EPOCHS = {"mnist": 4, "fashion-mnist": 15, "usps": 15, "digits": 40}
 INFO = "classifier.json"
 
 
@@ -152,7 +150,7 @@ class Classifier(GenerativeModel):
         return to_float(batch[0][:64])
 
 
-# -- cache and training --------------------------------------------------------------------------------------------
+# -- where cached classifiers live (trained and found by dgm.metrics.classifier) --------------------------------------------------------------------------------------------
 def _key(dataset: str, image_size: int | None) -> str:
     name = dataset.strip().lower().replace(":", "_").replace("/", "_")
     return f"{name}_{image_size}" if image_size else name
@@ -172,56 +170,3 @@ def classifier_dir(dataset: str, image_size: int | None = None, cache_dir=None) 
     if image_size == NATIVE.get(dataset.strip().lower()):
         image_size = None
     return cache_root(cache_dir) / _key(dataset, image_size)
-
-
-@torch.inference_mode()
-def test_accuracy(model: Classifier, data) -> float:
-    """Share of a labelled ImageData the classifier gets right."""
-    x = to_float(data.images)
-    return float((model.predict(x) == data.labels).float().mean())
-
-
-def train_classifier(dataset: str, *, data_dir=None, image_size: int | None = None, epochs: float | None = None,
-                     out: str | os.PathLike | None = None, cache_dir=None, overrides: dict | None = None,
-                     progress: bool = True, device: str = "auto") -> Path:
-    """Train a domain classifier with the one Trainer, measure its test accuracy, return its folder."""
-    from dgm.data import load_dataset
-    from dgm.io import load, write_json
-    from dgm.tasks import train
-    out = Path(out) if out else classifier_dir(dataset, image_size, cache_dir)
-    ep = epochs if epochs is not None else EPOCHS.get(dataset, 10)
-    ov = {"device": device, **(overrides or {})}
-    if dataset == "fashion-mnist":
-        ov.setdefault("hflip", "true")
-    train("classifier", dataset, epochs=ep, out=out, overrides=ov, data_dir=data_dir, image_size=image_size,
-          progress=progress, figures=False)
-    model = load(out)
-    test = load_dataset(dataset, "test", data_dir=data_dir, image_size=image_size)
-    acc = test_accuracy(model, test)
-    info = {"dataset": dataset, "image_size": image_size or test.shape[1], "test_accuracy": acc,
-            "n_test": len(test), "epochs": ep, "feature_dim": model.config.feature_dim}
-    write_json(out / INFO, info)
-    write_json(out / "eval.json", {"test_accuracy": {"value": acc, "split": "test", "n": len(test),
-                                                     "protocol": "top-1 accuracy"}})
-    return out
-
-
-def get_classifier(dataset: str, data_dir=None, train_if_missing: bool = True, image_size: int | None = None,
-                   cache_dir=None, device: str = "cpu", progress: bool = False) -> Classifier:
-    """The cached domain classifier for ``dataset`` (at ``image_size``, default the native size), in eval mode.
-
-    Trains and caches one when missing and ``train_if_missing`` (minutes on a CPU); otherwise raises FileNotFoundError
-    saying how to make it.
-    """
-    from dgm.io import load
-    d = classifier_dir(dataset, image_size, cache_dir)
-    if not (d / INFO).is_file():
-        if not train_if_missing:
-            size = f" --image-size {image_size}" if image_size else ""
-            raise FileNotFoundError(f"no domain classifier for {dataset!r} in {d}; train it with "
-                                    f"`dgm classifier train {dataset}{size}` (a few minutes on a CPU)")
-        train_classifier(dataset, data_dir=data_dir, image_size=image_size, cache_dir=cache_dir, progress=progress)
-    model = load(d, device)
-    model.test_accuracy = json.loads((d / INFO).read_text())["test_accuracy"]
-    model.requires_grad_(False)
-    return model

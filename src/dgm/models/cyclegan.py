@@ -17,7 +17,6 @@ Pixels are in [-1, 1] inside the model; translate() takes and returns [0, 1].
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +24,7 @@ from torch import nn
 
 from dgm.data import to_float
 from dgm.models.base import GenerativeModel, ImageConfig
+from dgm.models.classifier import Classifier, ClassifierConfig
 from dgm.nn.resnet import PatchDiscriminator, ResnetGenerator, auto_patch_layers, patch_receptive_field
 from dgm.registry import register
 
@@ -55,16 +55,6 @@ def match_channels(x: torch.Tensor, c: int) -> torch.Tensor:
     if x.shape[1] == 1:
         return x.expand(-1, c, -1, -1)
     raise ValueError(f"cannot convert {x.shape[1]}-channel images to {c} channels")
-
-
-def domain_classifier(name: str, size: int, data_dir=None, device: str = "cpu", cache_dir=None):
-    """The cached classifier (dgm.models.classifier) of dataset `name` for `size` px images: the native-size one when
-    the sizes agree, else one trained on the resized images; trained and cached on first use (minutes on a CPU)."""
-    from dgm.data import load_dataset
-    from dgm.models.classifier import get_classifier
-    native = load_dataset(name, "test", data_dir=data_dir).shape[1]
-    return get_classifier(name, data_dir=data_dir, image_size=None if native == size else size, device=device,
-                          cache_dir=cache_dir, progress=True)
 
 
 class ImagePool(nn.Module):
@@ -143,33 +133,31 @@ class CycleGAN(GenerativeModel):
         if c.semantic_weight > 0:
             if c.num_classes < 2:
                 raise ValueError("semantic_weight > 0 needs a labelled domain A (a classifier of A's classes)")
-            from dgm.models.classifier import Classifier, ClassifierConfig
             # Weights: the cached classifier, loaded by prepare_training(); then they travel in this model's file.
             self.f_s = Classifier(ClassifierConfig(channels=ca, image_size=s, num_classes=c.num_classes))
             self.f_s.requires_grad_(False).eval()
         self._fakes: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # -- set-up ----------------------------------------------------------------------------------------------
-    def prepare_training(self, data, data_dir=None) -> None:
-        """Before training: check the data is unpaired; load the frozen source classifier f_S (cached on first use)."""
+    def needs_classifier(self, data) -> str | None:
+        """f_S for the semantic loss: a dataset whose cached classifier to use, or a classifier's run folder."""
+        if self.f_s is None:
+            return None
+        return self.config.semantic_classifier or getattr(data, "a_name", "") or data.name
+
+    def prepare_training(self, data, *, classifier=None) -> None:
+        """Before training: check the data is unpaired; copy the frozen source classifier f_S's weights in."""
         if getattr(data, "b", None) is None:
             raise ValueError(f"cyclegan trains on two domains: use --data unpaired:A,B (e.g. unpaired:mnist,usps) or "
                              f"unpaired:PATH with trainA/ trainB/ folders, not {getattr(data, 'name', data)!r}")
         if self.f_s is None:
             return
-        name = self.config.semantic_classifier or getattr(data, "a_name", "") or data.name
-        if Path(name).expanduser().is_dir():  # a classifier's folder (e.g. one trained with zoom augmentation)
-            from dgm.io import load
-            from dgm.models.classifier import Classifier
-            clf = load(Path(name).expanduser())
-            if not isinstance(clf, Classifier):
-                raise ValueError(f"semantic_classifier {name!r} holds a {type(clf).__name__}, not a classifier")
-        else:
-            clf = domain_classifier(name, self.config.image_size, data_dir)
+        if not isinstance(classifier, Classifier):
+            raise ValueError(f"semantic_weight > 0 needs a classifier of domain A, got {type(classifier).__name__}")
         try:
-            self.f_s.load_state_dict(clf.state_dict())
+            self.f_s.load_state_dict(classifier.state_dict())
         except RuntimeError as e:
-            raise ValueError(f"the cached classifier for {name!r} does not fit this CycleGAN "
+            raise ValueError(f"the classifier for {self.needs_classifier(data)!r} does not fit this CycleGAN "
                              f"({self.config.channels} channels, {self.config.image_size} px): {e}") from None
 
     def train(self, mode: bool = True):
@@ -258,7 +246,7 @@ class CycleGAN(GenerativeModel):
         out = [(g(x[i:i + chunk].to(self.device) * 2 - 1).float() + 1) / 2 for i in range(0, len(x), chunk)]
         return torch.cat(out).clamp_(0, 1)
 
-    # No `sample`: CycleGAN maps images to images (the base class raises NotImplementedError; figures skip it).
+    # No `sample`: CycleGAN maps images to images (capabilities() has no "sample"; figures skip it).
 
     def panel(self, a: torch.Tensor, b: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
         """Rows for a figure from uint8 batches: real A | fake B | reconstructed A | identity, then the B side."""
@@ -276,29 +264,3 @@ class CycleGAN(GenerativeModel):
     def preview(self, batch, generator):
         k = min(8, batch[0].shape[0], batch[1].shape[0])
         return torch.cat([x for _, x in self.panel(batch[0][:k], batch[1][:k])])
-
-    def figures(self, run_dir, data=None) -> list[Path]:
-        """translations.png: labelled rows of test images and what each generator makes of them."""
-        if data is None or getattr(data, "b", None) is None:
-            return []
-        return [plot_panel(self.panel(data.images[:8], data.b.images[:8]), Path(run_dir) / "translations.png",
-                           f"CycleGAN {data.name} (test images)")]
-
-
-def plot_panel(rows: list[tuple[str, torch.Tensor]], path, title: str = "") -> Path:
-    """One labelled row of images per (name, (n, C, H, W) in [0, 1]) entry."""
-    from dgm.viz import _plt, make_grid
-    plt = _plt()
-    n = len(rows)
-    fig, axes = plt.subplots(n, 1, figsize=(10, 1.1 * n + 0.5), squeeze=False)
-    for ax, (name, x) in zip(axes[:, 0], rows):
-        g = make_grid(x, nrow=len(x)).permute(1, 2, 0).numpy()
-        ax.imshow(g[..., 0] if g.shape[2] == 1 else g, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        ax.axis("off")
-        ax.text(-0.02, 0.5, name, transform=ax.transAxes, ha="right", va="center", fontsize=10)
-    if title:
-        fig.suptitle(title, fontsize=11)
-    fig.subplots_adjust(left=0.21, right=0.99, top=1 - 0.45 / (1.1 * n + 0.5), bottom=0.01, hspace=0.08)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)

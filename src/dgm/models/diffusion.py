@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from dgm.data import to_float
 from dgm.memory import tune_allocator
 from dgm.models.base import GenerativeModel, ImageConfig, randn
+from dgm.nn.distributions import gaussian_kl
 from dgm.nn.unet import UNet
 from dgm.registry import register
 from dgm.schedulers import PREDICTIONS, NoiseSchedule, make_scheduler
@@ -63,14 +63,10 @@ def discretized_gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale
     return torch.where(x < -0.999, log_cdf_hi, torch.where(x > 0.999, log_sf_lo, mid))
 
 
-def gaussian_kl(m1, v1, m2, v2) -> torch.Tensor:
-    """KL(N(m1, v1) || N(m2, v2)) elementwise (variances, not log-variances)."""
-    return 0.5 * (torch.log(v2 / v1) + (v1 + (m1 - m2) ** 2) / v2 - 1)
-
-
 @register("diffusion")
 class Diffusion(GenerativeModel):
     Config = DiffusionConfig
+    sample_trajectory = True  # sample(callback=...) sees every step (the denoise figure, the studio)
     train_defaults = {"lr": 2e-4, "ema_decay": 0.999, "grad_clip": 1.0, "warmup_steps": 200}
 
     def __init__(self, config: DiffusionConfig):
@@ -205,8 +201,8 @@ class Diffusion(GenerativeModel):
         g = generator if generator is not None else torch.Generator().manual_seed(0)
         x0d = x0.double()
         ab_T = s.alphas_cumprod[-1].item()
-        prior = gaussian_kl(math.sqrt(ab_T) * x0d, torch.full_like(x0d, 1 - ab_T), torch.zeros_like(x0d),
-                            torch.ones_like(x0d)).flatten(1).sum(1)
+        prior = gaussian_kl(math.sqrt(ab_T) * x0d, torch.full_like(x0d, math.log(1 - ab_T)), torch.zeros_like(x0d),
+                            torch.zeros_like(x0d)).flatten(1).sum(1)
         small_var = s.posterior_var.clone()
         small_var[0] = s.posterior_var[1] if T > 1 else s.betas[0]  # beta_tilde_1 = 0: use the next one at t = 1
         large_var = torch.cat([small_var[:1], s.betas[1:]])
@@ -242,7 +238,7 @@ class Diffusion(GenerativeModel):
             mean_p = mean_q + c0 * (xh - x0d)
             vq = s.posterior_var[t].to(x0.device).view(shape)
             for k, v in (("small", small_var), ("large", large_var)):
-                kl = gaussian_kl(mean_q, vq, mean_p, v[t].to(x0.device).view(shape)).flatten(1).sum(1)
+                kl = gaussian_kl(mean_q, vq.log(), mean_p, v[t].to(x0.device).view(shape).log()).flatten(1).sum(1)
                 diff[k] += weight * kl
         return {"prior": prior, "decoder_small": dec["small"], "decoder_large": dec["large"],
                 "diffusion_small": diff["small"], "diffusion_large": diff["large"],
@@ -254,75 +250,3 @@ class Diffusion(GenerativeModel):
         uniformly dequantised data on [0, 256)^D. `variance` defaults to the model's."""
         terms = self.vlb_terms(x_uint8, t_samples, generator)
         return terms[f"total_{variance or self.config.variance}"] / (x_uint8[0].numel() * math.log(2))
-
-    # -- figures -----------------------------------------------------------------------------------------------
-    def figures(self, run_dir, data=None) -> list[Path]:
-        """denoise.png (rows: x_t and the model's x0 guess for a few samples, columns: steps from noise to image)
-        and denoise.gif (a 4x4 grid of samples being denoised)."""
-        from dgm.viz import make_grid, save_gif
-        run_dir = Path(run_dir)
-        frames, guesses = [], []
-        g = torch.Generator().manual_seed(0)
-        self.sample(16, generator=g, callback=lambda i, t, x, x0: (frames.append((t, x.clone())),
-                                                                    guesses.append(x0.clone())))
-        to01 = lambda z: ((z.float() + 1) / 2).clamp(0, 1).cpu()  # noqa: E731
-        gif = save_gif([make_grid(to01(x), nrow=4) for _, x in frames] + [make_grid(to01(frames[-1][1]), nrow=4)] * 12,
-                       run_dir / "denoise.gif", duration_ms=80)
-        cols = sorted(set(torch.linspace(0, len(frames) - 1, min(10, len(frames))).round().long().tolist()))
-        rows = []
-        for i in range(5):  # per sample: x_t row over x0-guess row
-            rows.append(torch.stack([to01(frames[j][1][i]) for j in cols]))
-            rows.append(torch.stack([to01(guesses[j][i]) for j in cols]))
-        grid = make_grid(torch.cat(rows), nrow=len(cols))
-        plt = _plt()
-        fig, ax = plt.subplots(figsize=(1.0 * len(cols) + 1.2, 1.0 * len(rows) + 0.8))
-        ax.imshow(grid.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        h, w = self.config.image_size + 2, self.config.image_size + 2
-        nxt = lambda j: str(frames[j + 1][0]) if j + 1 < len(frames) else "clean"  # noqa: E731
-        ax.set_xticks([2 + w * k + w / 2 - 1 for k in range(len(cols))],
-                      [f"{frames[j][0]}\u2192{nxt(j)}" for j in cols], fontsize=8)
-        ax.set_xlabel("step t \u2192 next t (from pure noise at the left to the sample at the right)", fontsize=8)
-        ax.set_yticks([2 + h * r + h / 2 - 1 for r in range(len(rows))], ["x_t", "x0 guess"] * 5, fontsize=8)
-        sch = self.scheduler()
-        ax.set_title(f"denoising with {sch.name}, {sch.num_steps} steps: x_t after each step and the model's x0 guess",
-                     fontsize=9)
-        fig.tight_layout()
-        fig.savefig(run_dir / "denoise.png", dpi=110)
-        plt.close(fig)
-        return [run_dir / "denoise.png", gif]
-
-
-def _plt():
-    from dgm.viz import _plt as plt
-    return plt()
-
-
-# -- the bits/dim metric for `dgm evaluate` --------------------------------------------------------------------------
-def _register_metric():
-    from dgm.evaluate import metric
-
-    @metric("bpd", applies=lambda m: hasattr(m, "bits_per_dim"))
-    def _bpd(model, ctx):
-        """Variational bound in bits/dim on the test split; K stratified timesteps per image (all T with bpd_t=0)."""
-        n = int(ctx.options.get("nll_n") or min(ctx.n, 1000))
-        k = int(ctx.options.get("bpd_t", 50)) or None
-        x = ctx.data("test").images[:n]
-        g = torch.Generator().manual_seed(ctx.seed)
-        parts = [model.vlb_terms(x[i:i + 250], k, g) for i in range(0, len(x), 250)]
-        d = x[0].numel() * math.log(2)
-        out = {}
-        for var in ("small", "large"):
-            tot = torch.cat([p[f"total_{var}"] for p in parts]).cpu() / d
-            out[f"bpd_{var}"] = {"value": float(tot.mean()), "stderr": float(tot.std() / math.sqrt(len(tot))),
-                                 "unit": "bits/dim", "split": "test", "n": len(tot),
-                                 "timesteps": f"{k} stratified per image" if k else "all",
-                                 "prior_bpd": float(torch.cat([p["prior"] for p in parts]).mean() / d),
-                                 "decoder_bpd": float(torch.cat([p[f"decoder_{var}"] for p in parts]).mean() / d),
-                                 "protocol": f"variational bound (Ho et al. 2020 eq. 5), reverse variance {var}, "
-                                             "discretised Gaussian decoder on 8-bit data"}
-        best = min(("small", "large"), key=lambda v: out[f"bpd_{v}"]["value"])
-        out["bpd"] = {**out[f"bpd_{best}"], "variance": best}
-        return out
-
-
-_register_metric()

@@ -20,14 +20,11 @@ projection discriminator of Miyato & Koyama 2018 in D).
 Watching the game: the "d" phase logs d_real / d_fake (mean D(x) and D(G(z)): probabilities for minimax / ns, which head
 to 0.5 when D can no longer tell; raw outputs for the other losses) and d_auc = P(D(x) > D(G(z))) over all real/fake
 pairs of the batch (0.5: cannot tell; 1: D wins outright), whatever the loss. `figures` draws them in dx.png and warns
-when the generator collapses.
+when the generator collapses (dgm.figures.gan, dgm.metrics.gan_health).
 """
 from __future__ import annotations
 
-import json
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -40,10 +37,6 @@ from dgm.registry import register
 
 LOSSES = ("minimax", "ns", "lsgan", "hinge", "wgan-gp")
 PROBABILITY_LOSSES = ("minimax", "ns")  # D's output is a logit of P(real): report sigmoid(D)
-
-
-class GANCollapseWarning(UserWarning):
-    """The generator seems to have collapsed (low sample diversity, missing modes, or D winning outright)."""
 
 
 @dataclass
@@ -238,108 +231,3 @@ class GAN(GenerativeModel):
         y = self.labels_for(n, cond)
         return torch.cat([self.decode(z[i:i + chunk], None if y is None else y[i:i + chunk])
                           for i in range(0, n, chunk)]).float()
-
-    # -- figures ---------------------------------------------------------------------------------------------
-    def figures(self, run_dir, data=None) -> list[Path]:
-        """dx.png (the game over training), training.gif (fixed-noise grids), gan_health.json + collapse warnings."""
-        from dgm.viz import read_metrics
-        run_dir = Path(run_dir)
-        rows = read_metrics(run_dir)
-        out = []
-        if rows and "d/d_real" in rows[0]:
-            out.append(plot_dx(rows, run_dir / "dx.png", self.config.loss))
-        gif = fixed_noise_gif(run_dir)
-        if gif:
-            out.append(gif)
-        health = self.health(rows, data)
-        (run_dir / "gan_health.json").write_text(json.dumps(health, indent=2) + "\n")
-        for w in health["warnings"]:
-            warnings.warn(w, GANCollapseWarning, stacklevel=2)
-        return out
-
-    def health(self, rows: list[dict], data=None, n: int = 500) -> dict:
-        """Collapse checks: D winning outright (d_auc > 0.99) over the last fifth of training, and sample diversity
-        (mean pairwise distance of samples / of real images; a collapsed G repeats itself: ratio << 1)."""
-        res: dict = {"warnings": []}
-        rows = [r for r in rows if "d/d_auc" in r]
-        if len(rows) >= 5:
-            tail = rows[-max(3, len(rows) // 5):]
-            res["d_auc_last_fifth"] = sum(r["d/d_auc"] for r in tail) / len(tail)
-            span = tail[-1]["step"] - tail[0]["step"]
-            # A long stretch only: every GAN starts with D winning for the first hundred or so steps.
-            if min(r["d/d_auc"] for r in tail) > 0.99 and span >= 200:
-                res["warnings"].append(f"D won outright (P(D(x) > D(G(z))) > 0.99) over the last {span} steps: "
-                                       "G gets no useful signal and has probably collapsed; try loss=hinge "
-                                       "with spectral_norm=true, a lower d_lr, or a smaller width")
-        if data is not None and len(data) >= 2:
-            g = torch.Generator().manual_seed(0)
-            fake = self.sample(min(n, len(data)), generator=g).flatten(1).cpu()
-            real = to_float(data.images[torch.randperm(len(data), generator=g)[:len(fake)]]).flatten(1)
-            ratio = float(torch.pdist(fake).mean() / torch.pdist(real).mean().clamp_min(1e-8))
-            res["diversity_ratio"] = ratio
-            if ratio < 0.5:
-                res["warnings"].append(f"low sample diversity: generated images are {ratio:.2f}x as far apart as "
-                                       "real ones (mode collapse)")
-            self._mode_check(res, data, n)
-        return res
-
-    def _mode_check(self, res: dict, data, n: int) -> None:
-        """Mode coverage with the dataset's cached domain classifier (never trained here: too slow for a figure)."""
-        if data.labels is None or self.config.conditional:
-            return
-        try:
-            from dgm.metrics.sample_quality import class_histogram_stats
-            from dgm.models.classifier import get_classifier
-            clf = get_classifier(data.name, train_if_missing=False, image_size=data.shape[1])
-        except (ImportError, FileNotFoundError, ValueError, KeyError, OSError):
-            return
-        k = clf.config.num_classes
-        x = self.sample(max(n, 100 * k), generator=torch.Generator().manual_seed(1)).cpu()
-        share, kl, counts = class_histogram_stats(clf.predict(x), k)
-        res.update(mode_coverage=share, mode_kl_uniform=kl, class_counts=counts)
-        if share < 0.9 or kl > 0.5:
-            res["warnings"].append(f"mode collapse: the domain classifier finds {share:.0%} of the {k} classes in "
-                                   f"{len(x)} samples (KL to uniform {kl:.2f} nats; counts {counts})")
-
-
-def plot_dx(rows: list[dict], path, loss: str) -> Path:
-    """The lecture's picture of the game: mean D(x) on real and generated batches over training, and D's pairwise
-    real-vs-fake accuracy (0.5 = D cannot tell them apart)."""
-    from dgm.viz import _plt
-    plt = _plt()
-    steps = [r["step"] for r in rows]
-    prob = loss in PROBABILITY_LOSSES
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.8))
-    a1.plot(steps, [r["d/d_real"] for r in rows], label="real images: D(x)", color="tab:blue")
-    a1.plot(steps, [r["d/d_fake"] for r in rows], label="generated: D(G(z))", color="tab:red")
-    if prob:
-        a1.axhline(0.5, color="gray", ls="--", lw=1, label="0.5 (cannot tell)")
-        a1.set_ylim(-0.02, 1.02)
-    a1.set_ylabel("mean D output" + (" (probability 'real')" if prob else f" ({loss} critic value)"))
-    a1.set_title(f"discriminator outputs ({loss} loss)")
-    a2.plot(steps, [r["d/d_auc"] for r in rows], color="tab:purple")
-    a2.axhline(0.5, color="gray", ls="--", lw=1, label="0.5: cannot tell")
-    a2.axhline(1.0, color="black", ls=":", lw=1, label="1: D wins outright")
-    a2.set_ylim(0.4, 1.02)
-    a2.set_ylabel("P(D(x) > D(G(z)))")
-    a2.set_title("how well D separates real from generated")
-    for a in (a1, a2):
-        a.set_xlabel("training step")
-        a.grid(alpha=0.3)
-        a.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
-
-
-def fixed_noise_gif(run_dir: Path) -> Path | None:
-    """The preview grids (same noise every time) as one animation: training.gif."""
-    frames = sorted((run_dir / "samples").glob("step_*.png"))
-    if len(frames) < 2:
-        return None
-    from PIL import Image
-    ims = [Image.open(f).convert("P") for f in frames]
-    path = run_dir / "training.gif"
-    ims[0].save(path, save_all=True, append_images=ims[1:], duration=400, loop=0)
-    return path

@@ -16,10 +16,8 @@ from torch import nn
 from dgm.data import binarize, to_float
 from dgm.models.base import GenerativeModel, ImageConfig, randn
 from dgm.nn.conv import make_encoder_decoder
+from dgm.nn.distributions import LOG2PI, gaussian_kl, gaussian_log_prob
 from dgm.registry import register
-
-LOG2PI = math.log(2 * math.pi)
-
 
 @dataclass
 class VAEConfig(ImageConfig):
@@ -41,16 +39,6 @@ class VAEConfig(ImageConfig):
     capacity_max: float = 0.0                # > 0: Burgess et al. 2018 objective gamma * |KL - C|, C annealed to this
     capacity_steps: int = 100_000            # steps over which C grows linearly from 0 to capacity_max
     gamma: float = 1000.0
-
-
-def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, diag exp(logvar)) || N(0, I)) per example and dimension, in closed form (K&W 2014, appendix B)."""
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
-
-
-def gaussian_log_prob(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """log N(z; mu, diag exp(logvar)), summed over the last dimension."""
-    return -0.5 * (LOG2PI + logvar + (z - mu).pow(2) / logvar.exp()).sum(-1)
 
 
 @register("vae")
@@ -78,17 +66,21 @@ class VAE(GenerativeModel):
             x = binarize(x, generator)
         return x
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, C, H, W) in [0, 1] -> (mu, logvar), each (B, latent_dim)."""
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, C, H, W) in [0, 1] -> (mu, logvar) of q(z|x), each (B, latent_dim)."""
         mu, logvar = self.encoder(x).chunk(2, dim=1)
         return mu, logvar.clamp(-30.0, 20.0)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, C, H, W) in [0, 1] -> the posterior mean (B, latent_dim)."""
+        return self.posterior(x)[0]
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """z (B, latent_dim) -> mean image (B, C, H, W) in [0, 1]."""
         return torch.sigmoid(self.decoder(z))
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x)[0])
+        return self.decode(self.encode(x))
 
     def log_likelihood(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """log p(x | z) summed over pixels, (B,)."""
@@ -99,7 +91,7 @@ class VAE(GenerativeModel):
 
     def terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-example ELBO terms: recon = -log p(x|z) at one reparameterised z, kl (B,), and mu (B, D)."""
-        mu, logvar = self.encode(x)
+        mu, logvar = self.posterior(x)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()  # reparameterisation trick
         recon = -self.log_likelihood(x, self.decoder(z))
         return {"recon": recon, "kl": gaussian_kl(mu, logvar).sum(1), "mu": mu}
@@ -141,7 +133,7 @@ class VAE(GenerativeModel):
         log p(x) ~= logsumexp_i [log p(x|z_i) + log p(z_i) - log q(z_i|x)] - log k, z_i ~ q(z|x). With k = 1 it is the
         ELBO in expectation; it tightens as k grows. The k samples are processed `chunk` at a time.
         """
-        mu, logvar = self.encode(x)
+        mu, logvar = self.posterior(x)
         std = (0.5 * logvar).exp()
         parts = []
         for start in range(0, k, chunk):

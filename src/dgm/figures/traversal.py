@@ -1,7 +1,7 @@
 """Latent traversals (Higgins et al. 2017, fig. 1 and 7): change one latent dimension at a time, keep the rest at a seed
 image's posterior mean, and decode. A disentangled model shows one factor (position, scale, shape...) per row.
 
-    from dgm.traversal import write_traversal
+    from dgm.figures.traversal import write_traversal
     write_traversal(model, "runs/x/traversal.png", data)   # also writes runs/x/traversal.gif
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from dgm.data import ImageData, to_float
-from dgm.viz import make_grid, save_gif, to_pil
+from dgm.grids import make_grid, save_gif, to_pil
 
 
 @torch.inference_mode()
@@ -28,12 +28,11 @@ def latent_order(model, data: ImageData, n: int = 2000) -> tuple[list[int], list
 
 def _usage(model, data: ImageData, n: int):
     x = to_float(data.images[:n]).to(model.device)
-    out = model.encode(x)
-    if isinstance(out, tuple):
-        mu, logvar = out[0].float(), out[1].float()
+    if "posterior" in model.capabilities():
+        mu, logvar = (t.float() for t in model.posterior(x))
         score, name = (0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)).mean(0), "KL"
     else:
-        mu = out.float()
+        mu = model.encode(x).float()
         score, name = mu.var(0), "var"
     order = torch.argsort(score, descending=True)
     # The most typical image (code nearest the average code): a centred, mid-sized sprite on dSprites.
@@ -61,13 +60,9 @@ def traversal_images(model, data: ImageData, seed_index: int | None = None, step
             raise ValueError(f"dims must be >= 1, got {dims}")
         order, score = order[:dims], score[:dims]
     x = to_float(data.images[seed_index:seed_index + 1]).to(model.device)
-    out = model.encode(x)
-    z0 = (out[0] if isinstance(out, tuple) else out)[0].float()          # (D,)
+    z0 = model.encode(x)[0].float()                                     # (D,)
     t = torch.linspace(-limit, limit, steps, device=z0.device)
-    if hasattr(model, "code_mean"):  # AE: its codes live wherever training put them, not around N(0, 1)
-        centre, spread = model.code_mean.float(), model.code_var.float().sqrt()
-    else:
-        centre, spread = torch.zeros_like(z0), torch.ones_like(z0)
+    centre, spread = (m.float().to(z0.device) for m in model.latent_moments())
     rows = []
     for d in order:
         z = z0.repeat(steps, 1)                                          # (steps, D)
@@ -91,7 +86,7 @@ def write_traversal(model, path: str | os.PathLike, data: ImageData, seed_index:
                     limit: float = 3.0, dims: int | None = None, gif: bool = True) -> list[Path]:
     """Write the traversal grid (PNG, rows labelled with the dimension and its KL) and an animated GIF beside it
     (each frame shows every dimension at one value, sweeping -limit -> limit -> -limit). Returns the paths."""
-    if not (hasattr(model, "encode") and hasattr(model, "decode")):
+    if not {"encode", "decode"} <= model.capabilities():
         raise ValueError(f"a {getattr(model, 'family', type(model).__name__)} model has no latent space to traverse")
     imgs, order, score, name, seed = traversal_images(model, data, seed_index, steps, limit, dims)
     rows, n, c, h, w = imgs.shape

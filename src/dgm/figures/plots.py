@@ -1,4 +1,4 @@
-"""Pictures: image grids with PIL, plots with matplotlib (Agg, imported lazily)."""
+"""Plots with axes (matplotlib, Agg, imported lazily): the loss curves and the latent scatter."""
 from __future__ import annotations
 
 import json
@@ -6,12 +6,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
-
-from dgm.grids import make_grid, save_gif, save_grid, to_pil  # noqa: F401
 
 
-def _plt():
+def pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -31,7 +28,7 @@ def plot_losses(run_dir: str | os.PathLike, path: str | os.PathLike | None = Non
     if not rows:
         return None
     keys = [k for k in rows[0] if k not in ("step", "epoch", "lr")]
-    plt = _plt()
+    plt = pyplot()
     cols = min(3, len(keys))
     nr = -(-len(keys) // cols)
     fig, axes = plt.subplots(nr, cols, figsize=(4.2 * cols, 3.0 * nr), squeeze=False)
@@ -53,7 +50,7 @@ def plot_losses(run_dir: str | os.PathLike, path: str | os.PathLike | None = Non
 def plot_latent(points: np.ndarray, labels: np.ndarray | None, path: str | os.PathLike, title: str,
                 axis_names: tuple[str, str] = ("z1", "z2")) -> Path:
     """2-D scatter of latent means coloured by label (the lecture's MNIST latent-space figure)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 6))
     if labels is None:
         ax.scatter(points[:, 0], points[:, 1], s=4, alpha=0.6)
