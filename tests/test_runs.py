@@ -523,3 +523,9 @@ def test_data_parallel_processes_stop_together_on_a_budget_or_one_processs_signa
     assert res[0] == res[1] == {"budget_step": 5, "cpu": 10.0, "sig_step": 3, "sig_ckpt": 3}
     assert [r["step"] for r in rows(tmp_path / "budget")] == [1, 2, 3, 4, 5]
     assert torch.load(tmp_path / "sig" / "checkpoint.pt", weights_only=True)["step"] == 3
+
+
+def test_resume_of_a_missing_folder_is_refused_without_creating_it(tmp_path, digits8):
+    with pytest.raises(RunError, match="run folder not found"):
+        trainer(tmp_path / "nope", digits8, steps=2).fit(resume=True)
+    assert not (tmp_path / "nope").exists()

@@ -497,6 +497,8 @@ class Trainer:
         RunError for a folder that holds a run (fresh, without overwrite) or has nothing to resume, ResumeMismatch,
         NonFiniteLoss, and Interrupted after SIGTERM / Ctrl-C."""
         lock, self._signal = None, None
+        if resume and not self.out.is_dir():
+            raise RunError(f"cannot resume: run folder not found: {self.out}")
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             lock = RunLock(self.out).acquire()
