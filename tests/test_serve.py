@@ -21,7 +21,7 @@ from PIL import Image  # noqa: E402
 from dgm.serve import create_app  # noqa: E402
 from dgm.serve import images as simg  # noqa: E402
 from dgm.serve.app import MAX_BODY, MAX_N  # noqa: E402
-from dgm.serve.runs import sample_options, trajectory_arg  # noqa: E402
+from dgm.serve.caps import sample_options  # noqa: E402
 
 TINY = {"latent_dim": "4", "conv_channels": "8,16", "batch_size": "64"}
 
@@ -30,7 +30,8 @@ TINY = {"latent_dim": "4", "conv_channels": "8,16", "batch_size": "64"}
 def runs(tmp_path_factory):
     """A runs folder: a VAE (with a figure and eval.json), an AE one level down, a run of an unknown family,
     a folder that is not a run, and a secret file beside the runs that no request may reach."""
-    from dgm.tasks import train, write_samples
+    from dgm.figures import write_samples
+    from dgm.tasks import train
     root = tmp_path_factory.mktemp("studio") / "runs"
     vae = train("vae", "digits", steps=20, out=root / "vae_digits", overrides=TINY, figures=False, progress=False)
     ae = train("ae", "digits", steps=20, out=root / "sweep" / "ae_digits", overrides=TINY, figures=False,
@@ -436,21 +437,24 @@ def test_upload_framing_centres_a_small_object():
 
 
 def test_capabilities_of_a_family_written_later():
-    """A sampler's keyword options, their choices, and a trajectory flag are read from the signature."""
+    """A sampler's keyword options and their choices are read from the signature; that it shows its steps comes from
+    capabilities() ("trajectory": `sample(callback=...)`), never from a guessed argument name."""
     from typing import Literal
 
-    class Fake:
+    from dgm.models.base import GenerativeModel, ImageConfig
+
+    class Fake(GenerativeModel):
         SAMPLERS = ("ddpm", "ddim")
+        sample_trajectory = True
 
         def sample(self, n, *, cond=None, generator=None, sampler: str = "ddim", steps: int = 50,
-                   guidance: float = 1.0, eta: float = 0.0, clip: Literal["on", "off"] = "on",
-                   return_trajectory: bool = False):
+                   guidance: float = 1.0, eta: float = 0.0, clip: Literal["on", "off"] = "on", callback=None):
             pass
     opts = {o["name"]: o for o in sample_options(Fake)}
     assert list(opts) == ["sampler", "steps", "guidance", "eta", "clip"]
     assert opts["sampler"]["choices"] == ["ddpm", "ddim"] and opts["steps"]["type"] == "int"
     assert opts["guidance"]["type"] == "float" and opts["clip"]["choices"] == ["on", "off"]
-    assert trajectory_arg(Fake) == "return_trajectory"
+    assert "trajectory" in Fake(ImageConfig()).capabilities()
 
 
 def test_cli_serve_errors(tmp_path, capsys):

@@ -1,15 +1,16 @@
-"""The studio's inference: plain functions on a loaded model, each under `torch.inference_mode`, chosen by capability.
+"""The studio's inference: plain functions on a loaded model, each under `torch.inference_mode`, chosen by the run's
+capabilities (dgm.serve.caps), never by probing the model.
 
 The web layer checks the request's ranges; these functions check what depends on the model (latent size, classes).
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
 
-from dgm.models.base import randn
-from dgm.serve.runs import StudioError, trajectory_arg
+from dgm.serve.runs import StudioError
 
 
 def generator(seed: int) -> torch.Generator:
@@ -18,18 +19,9 @@ def generator(seed: int) -> torch.Generator:
 
 
 def prior_latent(model, n: int, seed: int) -> torch.Tensor:
-    """(n, latent_dim) latent codes as the model's own sampler would draw them for this seed.
-
-    A family may say how (`sample_latent(n, generator=)`); an AE draws from the Gaussian fitted to its codes
-    (`code_mean`, `code_var`); otherwise N(0, I), the prior of a VAE or a GAN.
-    """
-    g = generator(seed)
-    if hasattr(model, "sample_latent"):
-        return model.sample_latent(n, generator=g)
-    eps = randn((n, model.config.latent_dim), g, model.device)
-    if hasattr(model, "code_mean") and hasattr(model, "code_var"):
-        return model.code_mean + eps * model.code_var.clamp_min(0).sqrt()
-    return eps
+    """(n, latent_dim) codes as the model's own sampler draws them for this seed (`sample_latent`: the prior of a VAE
+    or a GAN, the Gaussian fitted to an AE's codes)."""
+    return model.sample_latent(n, generator=generator(seed))
 
 
 def _as_images(out: Any) -> torch.Tensor:
@@ -38,53 +30,35 @@ def _as_images(out: Any) -> torch.Tensor:
     return out.float().cpu()
 
 
+def class_labels(model, n: int, seed: int, label: int | None) -> torch.Tensor:
+    """n class labels: `label` for all, or a random class per image drawn from the same seed."""
+    if label is None:
+        return torch.randint(model.config.num_classes, (n,), generator=generator(seed + 1))
+    return torch.full((n,), int(label), dtype=torch.long)
+
+
 @torch.inference_mode()
 def sample(model, n: int, seed: int, label: int | None = None, options: dict[str, Any] | None = None,
            trajectory: bool = False, conditional: bool = False) -> dict[str, Any]:
-    """n samples for a seed; with `trajectory` also the intermediate images (a list of (n, C, H, W)) when the
-    family's sampler can return them."""
+    """n samples for a seed; with `trajectory` (the "trajectory" ability: `sample(callback=fn)` calls
+    fn(i, t, x_t, x0_hat) at every step) also the intermediate images x_t, a list of (n, C, H, W) in [0, 1]."""
     kw = dict(options or {})
     if conditional:
-        if label is None:  # a random class per image, from the same seed
-            cond = torch.randint(model.config.num_classes, (n,), generator=generator(seed + 1))
-        else:
-            cond = torch.full((n,), int(label), dtype=torch.long)
-        kw["cond"] = cond.to(model.device)
-    steps = None
-    targ = trajectory_arg(type(model)) if trajectory else None
-    if targ == "callback":
-        frames = []
-
-        def keep(*args):  # the first image batch among the callback's arguments is the current x_t
-            x = next((a for a in args if isinstance(a, torch.Tensor) and a.dim() == 4), None)
-            if x is not None:
-                frames.append(x.detach().float().cpu().clone())
-        images, steps = _split_trajectory((model.sample(n, generator=generator(seed), callback=keep, **kw), frames))
-    elif targ:
-        out = model.sample(n, generator=generator(seed), **kw, **{targ: True})
-        images, steps = _split_trajectory(out)
-    else:
-        images = _as_images(model.sample(n, generator=generator(seed), **kw))
+        kw["cond"] = class_labels(model, n, seed, label).to(model.device)
+    frames: list[torch.Tensor] = []
+    if trajectory:
+        kw["callback"] = lambda i, t, x_t, x0_hat: frames.append(x_t.detach().float().cpu().clone())
+    images = _as_images(model.sample(n, generator=generator(seed), **kw))
     cond = kw.get("cond")
-    return {"images": images, "steps": steps, "labels": None if cond is None else cond.cpu().tolist()}
+    return {"images": images, "steps": _unit_range(frames) if frames else None,
+            "labels": None if cond is None else cond.cpu().tolist()}
 
 
-def _split_trajectory(out: Any) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
-    """(images, trajectory) where the family returned a pair; the trajectory may be a list of (n, C, H, W) or one
-    (T, n, C, H, W) tensor, in [0, 1] or [-1, 1]."""
-    if isinstance(out, (tuple, list)) and len(out) == 2:
-        images, traj = out
-        if isinstance(traj, torch.Tensor) and traj.dim() == 5:
-            traj = list(traj)
-        if isinstance(traj, (list, tuple)) and all(isinstance(t, torch.Tensor) and t.dim() == 4 for t in traj):
-            steps = [t.float().cpu() for t in traj]
-            # Families that work in [-1, 1] (GAN, diffusion) hand back [-1, 1] intermediates; show them in [0, 1].
-            if steps and min(float(t.min()) for t in steps) < -0.01:
-                steps = [(t + 1) / 2 for t in steps]
-            return _as_images(images), [t.clamp(0, 1) for t in steps]
-    if isinstance(out, dict) and "images" in out:
-        return _split_trajectory((out["images"], out.get("trajectory", out.get("steps"))))
-    return _as_images(out), None
+def _unit_range(steps: list[torch.Tensor]) -> list[torch.Tensor]:
+    # Samplers that work in [-1, 1] (diffusion) hand back [-1, 1] intermediates; show them in [0, 1].
+    if min(float(t.min()) for t in steps) < -0.01:
+        steps = [(t + 1) / 2 for t in steps]
+    return [t.clamp(0, 1) for t in steps]
 
 
 def pick_steps(steps: list[torch.Tensor], k: int) -> list[torch.Tensor]:
@@ -106,7 +80,7 @@ def check_latent(model, z: torch.Tensor) -> torch.Tensor:
 
 
 def _decode_takes_cond(model) -> bool:
-    import inspect
+    """A conditional decoder's option list (e.g. a conditional GAN's `decode(z, cond)`), read like `sample`'s."""
     try:
         return "cond" in inspect.signature(model.decode).parameters
     except (TypeError, ValueError):
@@ -115,7 +89,7 @@ def _decode_takes_cond(model) -> bool:
 
 @torch.inference_mode()
 def decode(model, z: torch.Tensor, label: int | None = None) -> torch.Tensor:
-    """z (N, latent_dim) -> images; a conditional decoder (e.g. a conditional GAN's) also gets the class `label`."""
+    """z (N, latent_dim) -> images; a conditional decoder also gets the class `label`."""
     z = check_latent(model, z).to(model.device, torch.float32)
     if label is not None and _decode_takes_cond(model):
         return _as_images(model.decode(z, cond=torch.full((len(z),), int(label), dtype=torch.long,
@@ -126,8 +100,7 @@ def decode(model, z: torch.Tensor, label: int | None = None) -> torch.Tensor:
 @torch.inference_mode()
 def encode(model, x: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) in [0, 1] -> (N, latent_dim): the posterior mean for a VAE, the code for an AE."""
-    out = model.encode(x.to(model.device))
-    return (out[0] if isinstance(out, tuple) else out).float().cpu()
+    return model.encode(x.to(model.device)).float().cpu()
 
 
 @torch.inference_mode()
