@@ -57,7 +57,7 @@ def eval_stage(args, runs: Path) -> dict:
     from dgm import load
     from dgm.metrics.disentanglement import PROTOCOL, QUICK, all_metrics, dsprites_representation
     from dgm.tasks import run_data
-    from dgm.traversal import write_traversal
+    from dgm.figures import write_traversal
     sizes = QUICK if args.quick else PROTOCOL
     out = {}
     for name in args.models.split(","):

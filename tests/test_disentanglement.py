@@ -147,10 +147,11 @@ def test_evaluate_disentanglement_metric(tmp_path, monkeypatch):
     for k in ("beta_vae_score", "factor_vae_score", "mig", "dci_disentanglement", "sap"):
         assert 0.0 <= res[k]["value"] <= 1.0 and res[k]["representation"] == "posterior mean"
     assert json.loads((run / "eval.json").read_text())["mig"]["value"] == res["mig"]["value"]
-    # A run on other data has no factors: skipped with a warning, not an error.
+    # A run on other data has no factors: skipped with a warning, not an error. (The metric reads the data's factors,
+    # so the other data must load offline: the embedded digits, not MNIST, which tests cannot download.)
     from dgm.io import save
     other = tmp_path / "other"
-    save(m, other, extra={"data": {"name": "mnist", "image_size": 64, "data_dir": None}})
+    save(m, other, extra={"data": {"name": "digits", "image_size": 64, "data_dir": None}})
     with pytest.warns(UserWarning, match="ground-truth factors"):
         assert "mig" not in evaluate(other, ["disentanglement"], model=m)
 

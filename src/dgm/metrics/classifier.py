@@ -8,6 +8,7 @@
 
 The network itself is dgm.models.classifier.Classifier; the cache root is ``$DGM_DATA``, else ``~/.cache/dgm``
 (never the dataset folder, which may be read-only). ``dgm classifier train DATA`` calls `train_classifier`.
+Registers the `test_accuracy` metric (for classifier runs).
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ import torch
 from dgm.config import split_overrides
 from dgm.data import load_dataset, to_float
 from dgm.io import load, write_json
-from dgm.models.classifier import INFO, Classifier, classifier_dir
+from dgm.metrics.registry import HIGHER, col, metric
+from dgm.models.classifier import INFO, NATIVE, Classifier, classifier_dir
 from dgm.train import TrainConfig, Trainer
 
 # Per-dataset training recipes that reach the accuracy targets of docs/EVALUATION.md (BENCHMARKS.md has the numbers):
@@ -86,9 +88,25 @@ def get_classifier(dataset: str, data_dir=None, train_if_missing: bool = True, i
     return model
 
 
-def domain_classifier(name: str, size: int, data_dir=None, device: str = "cpu", cache_dir=None) -> Classifier:
-    """The cached classifier of dataset `name` for `size` px images: the native-size one when the sizes agree, else
-    one trained on the resized images; trained and cached on first use (minutes on a CPU)."""
-    native = load_dataset(name, "test", data_dir=data_dir).shape[1]
-    return get_classifier(name, data_dir=data_dir, image_size=None if native == size else size, device=device,
-                          cache_dir=cache_dir, progress=True)
+def domain_classifier(name: str, size: int | None = None, data_dir=None, device: str = "cpu", cache_dir=None,
+                      progress: bool = True) -> Classifier:
+    """The cached classifier of dataset `name` for `size` px images (None: the native size): the native-size one
+    when the sizes agree, else one trained on the resized images; trained and cached on first use (minutes on a CPU).
+    The one look-up behind the sample-quality metrics, label preservation and CyCADA's frozen f_S."""
+    if size is not None:
+        native = NATIVE.get(name.strip().lower())
+        if native is None:  # a dataset without a known native size (e.g. folder:PATH): read it from the test split
+            native = load_dataset(name, "test", data_dir=data_dir).shape[1]
+        size = None if size == native else size
+    return get_classifier(name, data_dir=data_dir, image_size=size, device=device, cache_dir=cache_dir,
+                          progress=progress)
+
+
+@metric("test_accuracy", applies=lambda m: isinstance(m, Classifier), columns=(col("test_accuracy", HIGHER),))
+def _test_accuracy(model, ctx):
+    """Top-1 accuracy of a domain classifier on its dataset's test split."""
+    test = ctx.data("test")
+    if test.labels is None:
+        return {}
+    return {"test_accuracy": {"value": test_accuracy(model, test), "split": "test", "n": len(test),
+                              "protocol": "top-1 accuracy"}}

@@ -11,10 +11,15 @@ gives the number of values of each factor (dSprites: 3, 6, 40, 32, 32). All rand
 """
 from __future__ import annotations
 
+import importlib
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
+
+from dgm.data import resize_images
+from dgm.metrics.registry import HIGHER, col, metric
+from dgm.metrics.representation import encode_all
 
 Rep = Callable[[np.ndarray], np.ndarray]
 
@@ -229,24 +234,54 @@ def all_metrics(rep: Rep, factor_sizes: Sequence[int] | None = None, *, seed: in
 
 
 # -- representations of a trained model --------------------------------------------------------------------------
+# Datasets that render any factor combination on demand: a module with FACTOR_SIZES, N_IMAGES, render(classes) -> uint8
+# images, all_classes(start, stop) and flat_index(classes). Other data with factors is measured on its own images
+# (`lookup_representation`), which then must hold every combination of factor values.
+RENDERERS = {"dsprites": "dgm.data.dsprites"}
+
+
 def encode_means(model, images_uint8: torch.Tensor, batch: int = 2048) -> np.ndarray:
     """Posterior means (or AE codes) of uint8 images, (n, d) float32, in batches."""
     return encode_all(model, images_uint8, batch).numpy()
 
 
-def dsprites_representation(model, table: bool = True, chunk: int = 8192) -> Rep:
-    """rep(classes) for a model trained on dSprites: the posterior mean of the rendered image.
+def rendered_representation(model, source, table: bool = True, chunk: int = 8192,
+                            image_size: int | None = None) -> Rep:
+    """rep(classes): the code of the image `source` renders for those factors (resized to `image_size` when given).
 
-    ``table=True`` encodes all 737,280 images once (rendered chunk by chunk, never all in memory) and then looks codes
-    up; the default protocol asks for ~3 million encodings, so the table is 4x cheaper and gives identical codes.
-    """
-    from dgm.data import dsprites as ds
+    ``table=True`` encodes every combination once (rendered chunk by chunk, never all in memory) and then looks codes
+    up; for dSprites the default protocol asks for ~3 million encodings of 737,280 images, so the table is 4x cheaper
+    and gives identical codes."""
+    def enc(c):
+        x = source.render(c)
+        return encode_means(model, x if image_size in (None, x.shape[-1]) else resize_images(x, image_size))
     if not table:
-        return lambda c: np.concatenate([encode_means(model, ds.render(c[i:i + chunk]))
-                                         for i in range(0, len(c), chunk)])
-    codes = np.concatenate([encode_means(model, ds.render(ds.all_classes(i, min(ds.N_IMAGES, i + chunk))))
-                            for i in range(0, ds.N_IMAGES, chunk)])
-    return lambda c: codes[ds.flat_index(c)]
+        return lambda c: np.concatenate([enc(c[i:i + chunk]) for i in range(0, len(c), chunk)])
+    n = source.N_IMAGES
+    codes = np.concatenate([enc(source.all_classes(i, min(n, i + chunk))) for i in range(0, n, chunk)])
+    return lambda c: codes[source.flat_index(c)]
+
+
+def dsprites_representation(model, table: bool = True, chunk: int = 8192, image_size: int | None = None) -> Rep:
+    """rep(classes) for a model trained on dSprites: the posterior mean of the rendered image."""
+    from dgm.data import dsprites as ds
+    return rendered_representation(model, ds, table, chunk, image_size)
+
+
+def lookup_representation(model, data) -> tuple[Rep, tuple[int, ...]]:
+    """(rep, factor sizes) from a dataset's own images and factor classes ``data.factors`` (N, K), which must hold
+    every combination of factor values (a full grid, as disentanglement_lib's datasets do)."""
+    f = data.factors.long().numpy()
+    sizes = tuple(int(v) + 1 for v in f.max(0))
+    flat = np.ravel_multi_index(f.T, sizes)
+    total = int(np.prod(sizes))
+    if len(np.unique(flat)) != total:
+        raise ValueError(f"{data.name}: disentanglement metrics need every combination of its factor values "
+                         f"({total} for factor sizes {sizes}), the data holds {len(np.unique(flat))}")
+    row = np.empty(total, dtype=np.int64)
+    row[flat] = np.arange(len(f))
+    codes = encode_means(model, data.images)
+    return (lambda c: codes[row[np.ravel_multi_index(np.asarray(c).T, sizes)]]), sizes
 
 
 def planned_encodings(sizes: dict[str, int]) -> int:
@@ -258,30 +293,37 @@ def planned_encodings(sizes: dict[str, int]) -> int:
 
 
 # -- `dgm evaluate RUN --metrics disentanglement` ----------------------------------------------------------------
-from dgm.metrics.representation import encode_all  # noqa: E402
-from dgm.evaluate import metric  # noqa: E402  (registering needs the registry; evaluate imports this module lazily)
-
-
-@metric("disentanglement", applies=lambda m: "encode" in m.capabilities())
+@metric("disentanglement", needs=("encode",),
+        columns=tuple(col(k, HIGHER, rank=100 + i) for i, k in enumerate(
+            ("beta_vae_score", "factor_vae_score", "mig", "dci_disentanglement", "dci_completeness",
+             "dci_informativeness", "sap", "sap_continuous", "mig_factor*"))))
 def _disentanglement(model, ctx):
-    """All five metrics for a model trained on dsprites; other datasets have no ground-truth factors (skipped).
+    """All five metrics on data with ground-truth factors (``ImageData.factors``); other data is skipped (with a
+    warning when the metric was named).
 
     ctx.options["disentanglement_sizes"] may override PROTOCOL's sample sizes (e.g. QUICK for a smoke test)."""
-    name = ctx.config.get("data", {}).get("name")
-    if name != "dsprites":
-        import warnings
-        warnings.warn(f"disentanglement metrics need ground-truth factors (data dsprites); run has {name!r}: skipped",
-                      stacklevel=2)
+    test = ctx.data("test")
+    if test.factors is None:
+        if "disentanglement" in ctx.named:
+            import warnings
+            warnings.warn(f"disentanglement metrics need ground-truth factors of variation; {test.name!r} has "
+                          f"none: skipped", stacklevel=2)
         return {}
-    if ctx.config.get("data", {}).get("image_size") not in (None, 64):
-        raise ValueError("disentanglement metrics need 64x64 dsprites (the run was trained at another size)")
     sizes = {**PROTOCOL, **ctx.options.get("disentanglement_sizes", {})}
-    from dgm.data.dsprites import N_IMAGES
-    table = planned_encodings(sizes) > N_IMAGES
     model.eval()
-    res = all_metrics(dsprites_representation(model, table=table), seed=ctx.seed, **sizes)
-    proto = {"data": "dsprites (procedural), all 737,280 factor combinations", "representation": "posterior mean",
-             "seed": ctx.seed, "sizes": " ".join(f"{k}={v}" for k, v in sizes.items()), "protocol": "disentanglement_lib (Locatello et al. 2019)"}
+    if test.name in RENDERERS:
+        source = importlib.import_module(RENDERERS[test.name])
+        rep = rendered_representation(model, source, table=planned_encodings(sizes) > source.N_IMAGES,
+                                      image_size=test.shape[1])
+        factor_sizes, what = source.FACTOR_SIZES, f"{test.name}, rendered, all {source.N_IMAGES:,} factor combinations"
+    else:
+        train = ctx.data("train")
+        rep, factor_sizes = lookup_representation(model, train)
+        what = f"{train.name} train split, all {len(train):,} images"
+    res = all_metrics(rep, factor_sizes, seed=ctx.seed, **sizes)
+    proto = {"data": what, "representation": "posterior mean", "seed": ctx.seed,
+             "sizes": " ".join(f"{k}={v}" for k, v in sizes.items()),
+             "protocol": "disentanglement_lib (Locatello et al. 2019)"}
     notes = {"sap": "discrete factors: 1-d LinearSVC accuracy (disentanglement_lib default)",
              "sap_continuous": "R^2 of a linear fit per code and factor (Kumar et al. 2018, ordered factors)",
              "mig": "20-bin histograms, normalised by factor entropy"}

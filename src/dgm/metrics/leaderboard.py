@@ -5,22 +5,46 @@
 
 Reads each run's config.json and eval.json (written by `dgm evaluate`); a metric a run lacks shows as "-". Below the
 table, each metric's protocol (N, reference, extractor) is listed, and flagged where the runs' protocols differ, since
-such numbers are not comparable.
+such numbers are not comparable. Column order, directions (↓ lower is better, ↑ higher) and units come from the
+metric registry (dgm.metrics.registry), where each metric declares them.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-# Columns first in this order when present (lower is better unless marked "up").
-ORDER = ["fid", "domain_fid", "kid_inception", "kid_domain", "precision_inception", "recall_inception",
-         "precision_domain", "recall_domain", "inception_score_domain", "mode_coverage", "mode_kl_uniform",
-         "test_nll", "test_elbo", "recon_mse", "kmeans_acc", "linear_probe_acc"]
-BETTER = {"fid": "down", "domain_fid": "down", "kid_inception": "down", "kid_domain": "down",
-          "precision_inception": "up", "recall_inception": "up", "precision_domain": "up", "recall_domain": "up",
-          "inception_score_domain": "up", "mode_coverage": "up", "mode_kl_uniform": "down", "test_nll": "down",
-          "test_elbo": "up", "recon_mse": "down", "kmeans_acc": "up", "linear_probe_acc": "up", "test_accuracy": "up"}
+from dgm.metrics import registry
+
+# Protocol fields that must agree for a column's numbers to be comparable.
 PROTOCOL_KEYS = ("n", "k", "reference", "split", "extractor", "image_size", "precision", "data")
+_ARROW = {registry.LOWER: "down", registry.HIGHER: "up"}
+
+
+def better(key: str) -> str | None:
+    """"down" (lower is better), "up" or None for a result key, as its metric declared at registration."""
+    c = registry.column(key)
+    return _ARROW.get(c.better) if c is not None else None
+
+
+def unit(key: str) -> str:
+    c = registry.column(key)
+    return c.unit if c is not None else ""
+
+
+def column_order(keys) -> list[str]:
+    """Result keys in the leaderboard's order: declared ranks first, then the others by name."""
+    return registry.column_order(keys)
+
+
+def __getattr__(name: str):
+    """ORDER (ranked keys, in order) and BETTER ({key: "down" | "up"} for every declared exact key), computed from the
+    registry on first use; new code calls column_order / better, which also cover pattern keys (e.g. mig_factor0)."""
+    if name == "ORDER":
+        return [c.key for c in sorted((c for c in registry.columns() if not c.pattern and c.rank != float("inf")),
+                                      key=lambda c: (c.rank, c.key))]
+    if name == "BETTER":
+        return {c.key: _ARROW[c.better] for c in registry.columns() if not c.pattern and c.better}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _read(run: Path) -> tuple[dict, dict]:
@@ -54,9 +78,9 @@ def leaderboard(runs: list, metrics: list[str] | None = None, allow_mixed: bool 
             raise ValueError(f"no run has metric(s) {', '.join(unknown)}; present: {', '.join(sorted(present))}")
         cols = metrics
     else:
-        cols = [k for k in ORDER if k in present] + sorted(present - set(ORDER))
-    head = ["run", "family", "data"] + [f"{c} {'↓' if BETTER.get(c) == 'down' else '↑' if BETTER.get(c) == 'up' else ''}"
-                                        .strip() for c in cols]
+        cols = column_order(present)
+    arrow = {"down": "↓", "up": "↑", None: ""}
+    head = ["run", "family", "data"] + [f"{c} {arrow[better(c)]}".strip() for c in cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for run, cfg, ev in rows:
         d = cfg.get("data") or {}
@@ -72,5 +96,6 @@ def leaderboard(runs: list, metrics: list[str] | None = None, allow_mixed: bool 
                   for _, _, ev in rows if isinstance(ev.get(c), dict)}
         flag = "  **protocols differ: not comparable**" if len(protos) > 1 else ""
         desc = next(ev[c].get("protocol", "") for _, _, ev in rows if isinstance(ev.get(c), dict))
-        notes.append(f"- {c}: {desc}; " + " / ".join(sorted(protos)) + flag)
+        u = f" ({unit(c)})" if unit(c) else ""
+        notes.append(f"- {c}{u}: {desc}; " + " / ".join(sorted(protos)) + flag)
     return "\n".join(lines) + "\n\n" + "\n".join(notes)

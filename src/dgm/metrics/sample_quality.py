@@ -20,7 +20,8 @@ import math
 import numpy as np
 import torch
 
-from dgm.evaluate import metric
+from dgm.metrics.classifier import domain_classifier
+from dgm.metrics.registry import HIGHER, LOWER, col, metric
 
 
 def can_sample(model) -> bool:
@@ -51,17 +52,16 @@ def data_info(ctx) -> tuple[str, int]:
     return d["name"], d.get("image_size")
 
 
-def domain_classifier(model, ctx):
-    """The run's dataset's domain classifier at the run's image size (trained and cached when missing), or None when
-    the dataset has no labels."""
+def run_classifier(model, ctx):
+    """The run's dataset's domain classifier at the run's image size (dgm.metrics.classifier.domain_classifier:
+    trained and cached when missing), memoised per evaluate call; None when the dataset has no labels."""
     if "classifier" not in ctx.memo:
-        from dgm.metrics.classifier import get_classifier
         name, size = data_info(ctx)
         if ctx.data("train").labels is None:
             ctx.memo["classifier"] = None
         else:
-            ctx.memo["classifier"] = get_classifier(name, data_dir=ctx.data_dir, image_size=size,
-                                                    device=str(model.device), progress=True)
+            data_dir = ctx.data_dir or ctx.config.get("data", {}).get("data_dir")
+            ctx.memo["classifier"] = domain_classifier(name, size, data_dir, device=str(model.device))
     return ctx.memo["classifier"]
 
 
@@ -74,7 +74,7 @@ def extractor(kind: str, model, ctx):
             ctx.memo[key] = fid.load_inception(ctx.options.get("inception"), device=str(model.device),
                                                precision=ctx.options.get("precision", "fp32"))
         elif kind == "domain":
-            clf = domain_classifier(model, ctx)
+            clf = run_classifier(model, ctx)
             ctx.memo[key] = fid.DomainExtractor(clf) if clf is not None else None
         else:
             raise ValueError(f"features must be 'domain' or 'inception', got {kind!r}")
@@ -131,13 +131,13 @@ def fid_record(kind: str, model, ctx) -> dict:
 
 
 # -- the metrics -----------------------------------------------------------------------------------------------------
-@metric("fid", applies=can_sample, default=False)
+@metric("fid", needs=("sample",), default=False, columns=(col("fid", LOWER, rank=10),))
 def _fid(model, ctx):
     rec = fid_record("inception", model, ctx)
     return {"fid": {**rec, "protocol": "Inception FID (Heusel 2017), samples quantised to uint8, 299x299"}}
 
 
-@metric("domain_fid", applies=can_sample)
+@metric("domain_fid", needs=("sample",), columns=(col("domain_fid", LOWER, rank=20),))
 def _domain_fid(model, ctx):
     rec = fid_record("domain", model, ctx)
     if not rec:
@@ -146,7 +146,7 @@ def _domain_fid(model, ctx):
                                               "(not comparable with Inception FID)"}}
 
 
-@metric("kid", applies=can_sample)
+@metric("kid", needs=("sample",), columns=(col("kid_inception", LOWER, rank=30), col("kid_domain", LOWER, rank=31)))
 def _kid(model, ctx):
     from dgm.metrics.kid import kid
     kind = ctx.options.get("features", "domain")
@@ -159,7 +159,9 @@ def _kid(model, ctx):
                             "protocol": "KID (Binkowski 2018): unbiased MMD^2, kernel (x.y/d+1)^3, 100 subsets of 1000"}}
 
 
-@metric("precision_recall", applies=can_sample)
+@metric("precision_recall", needs=("sample",),
+        columns=(col("precision_inception", HIGHER, rank=40), col("recall_inception", HIGHER, rank=41),
+                 col("precision_domain", HIGHER, rank=42), col("recall_domain", HIGHER, rank=43)))
 def _precision_recall(model, ctx):
     from dgm.metrics.kid import precision_recall
     kind = ctx.options.get("features", "domain")
@@ -194,9 +196,9 @@ def class_histogram_stats(pred: torch.Tensor, num_classes: int) -> tuple[float, 
     return float(nz.double().mean()), kl, [int(c) for c in counts]
 
 
-@metric("inception_score", applies=can_sample)
+@metric("inception_score", needs=("sample",), columns=(col("inception_score_domain", HIGHER, rank=50),))
 def _inception_score(model, ctx):
-    clf = domain_classifier(model, ctx)
+    clf = run_classifier(model, ctx)
     if clf is None:
         return {}
     x = generated(model, ctx).float().div_(255.0)
@@ -210,9 +212,10 @@ def _inception_score(model, ctx):
         "protocol": "classifier-based Inception Score (Salimans 2016) with the domain classifier; max = classes"}}
 
 
-@metric("mode_coverage", applies=can_sample)
+@metric("mode_coverage", needs=("sample",),
+        columns=(col("mode_coverage", HIGHER, rank=60), col("mode_kl_uniform", LOWER, "nats", rank=61)))
 def _mode_coverage(model, ctx):
-    clf = domain_classifier(model, ctx)
+    clf = run_classifier(model, ctx)
     if clf is None:
         return {}
     x = generated(model, ctx).float().div_(255.0)
@@ -224,13 +227,3 @@ def _mode_coverage(model, ctx):
                               "protocol": "share of classes predicted for at least one sample"},
             "mode_kl_uniform": {"value": kl, "n": len(x), "unit": "nats", "extractor": ext,
                                 "protocol": "KL(predicted class histogram || uniform); 0 = balanced"}}
-
-
-@metric("test_accuracy", applies=lambda m: hasattr(m, "predict") and hasattr(m, "features"))
-def _test_accuracy(model, ctx):
-    from dgm.metrics.classifier import test_accuracy
-    test = ctx.data("test")
-    if test.labels is None:
-        return {}
-    return {"test_accuracy": {"value": test_accuracy(model, test), "split": "test", "n": len(test),
-                              "protocol": "top-1 accuracy"}}

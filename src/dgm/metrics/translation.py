@@ -5,6 +5,7 @@ count how often it finds A's label. Beside it: the source-only baseline (the sam
 test images, at the model's size and channels) and the target ceiling (that classifier on B's own test split).
 B -> A is the mirror image. Also the domain FID (Frechet distance on that classifier's penultimate features) between
 the translations and the target test split: a cheap style measure, never to be read as Inception FID.
+Registers the `translation` metric of `dgm evaluate`.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 
 from dgm.data import ImageData, to_float
 from dgm.metrics.classifier import domain_classifier
+from dgm.metrics.registry import HIGHER, LOWER, col, metric
 from dgm.models.cyclegan import match_channels
 
 
@@ -64,6 +66,10 @@ def label_preservation(model, test: ImageData, clf_a, clf_b, n: int | None = Non
     return out
 
 
+@metric("translation", needs=("translate",), default=True,
+        columns=(col("label_acc_A2B", HIGHER, rank=110), col("label_acc_B2A", HIGHER, rank=111),
+                 col("domain_fid_A2B", LOWER, rank=112), col("domain_fid_B2A", LOWER, rank=113),
+                 col("label_acc_*", HIGHER, rank=114)))
 def translation_metric(model, ctx) -> dict[str, dict]:
     """`dgm evaluate RUN --metrics translation`: label preservation both ways on the run's unpaired test data."""
     test = ctx.data("test")
@@ -74,7 +80,8 @@ def translation_metric(model, ctx) -> dict[str, dict]:
     names = [getattr(test, "a_name", ""), test.b.name]
     clfs = []
     for name, labels in zip(names, (test.labels, test.b.labels)):
-        clfs.append(domain_classifier(name, size, data_dir) if labels is not None and name else None)
+        clfs.append(domain_classifier(name, size, data_dir, device=str(model.device))
+                    if labels is not None and name else None)
     if clfs[0] is None and clfs[1] is None:
         raise ValueError("label preservation needs labelled domains (e.g. unpaired:mnist,usps)")
     return label_preservation(model, test, clfs[0], clfs[1], n=ctx.n)

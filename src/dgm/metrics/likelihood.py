@@ -1,0 +1,187 @@
+"""Likelihood metrics: the test ELBO, the IWAE estimate of -log p(x) (Burda et al. 2015) and diffusion bits/dim.
+
+Protocol presets (``evaluate(protocol=...)``; ``eval.json`` records the one used as ``"preset"``):
+
+  default   IWAE with k = 1000 importance samples on a seeded random 1,000-image subset of the test split;
+            bits/dim on 1,000 test images with 50 stratified timesteps each. Minutes on one CPU thread.
+  paper     IWAE with k = 5000 on the whole test split (Burda et al. 2015, sec. 5); bits/dim on the whole test split
+            with every timestep (Ho et al. 2020). Hours on a CPU.
+
+Options override a preset's numbers (``k``, ``nll_n``, ``bpd_t``; the record then says ``"preset": "custom"``).
+
+How the IWAE estimate is computed (`iwae_nll`): images go through ``model.nll(x, k=m)`` in calls of ``m`` importance
+samples for ``b`` images at a time (b x m decoder rows per call, large batches under ``inference_mode``), and the
+chunks are combined exactly: log p(x) ~= logsumexp_j(log m_j - nll_j(x)) - log k, in float64. Chunks of independent
+draws give the same estimator as one call with all k samples. A tqdm bar shows the running estimate and its standard
+error over images; the time the whole estimate will take is printed after the first call.
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+
+import torch
+
+from dgm.data import binarize, to_float
+from dgm.metrics.registry import HIGHER, LOWER, col, metric
+
+# IWAE (k, test images) and bits/dim (test images, timesteps per image; 0 = all) of each preset; None = the whole split.
+PRESETS = {"default": {"k": 1000, "nll_n": 1000, "bpd_n": 1000, "bpd_t": 50},
+           "paper": {"k": 5000, "nll_n": None, "bpd_n": None, "bpd_t": 0}}
+ROWS = 4096  # decoder rows per model.nll call (images x importance samples); measured best on one CPU thread
+
+
+def preset(name: str) -> dict:
+    if name not in PRESETS:
+        raise ValueError(f"protocol must be one of {', '.join(PRESETS)}, got {name!r}")
+    return PRESETS[name]
+
+
+def subset(n_total: int, n: int | None, seed: int) -> torch.Tensor:
+    """Sorted indices of a seeded random n-image subset (all images when n is None or >= n_total). Not the first n:
+    a test split's first images need not be typical (MNIST's first 300 have an ELBO 2.9 nats better than the rest)."""
+    if n is None or n >= n_total:
+        return torch.arange(n_total)
+    return torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+
+
+def fixed_binarisation(x01: torch.Tensor, seed: int) -> torch.Tensor:
+    """One binarisation of a test set drawn with a fixed seed (docs/EVALUATION.md), the same every time."""
+    return binarize(x01, torch.Generator().manual_seed(seed))
+
+
+def prepared_test_set(model, ctx, idx: torch.Tensor | None = None) -> tuple[torch.Tensor, str]:
+    """The test images the likelihood is defined on: for a Bernoulli likelihood trained on binarised data, one fixed
+    binarisation of the whole split (seed ctx.seed), so a subset's images are binarised as in the full set."""
+    x = to_float(ctx.data("test").images)
+    c = model.config
+    if getattr(c, "likelihood", None) == "bernoulli" and getattr(c, "binarize", False):
+        x, how = fixed_binarisation(x, ctx.seed), f"fixed binarisation (seed {ctx.seed})"
+    else:
+        how = "grayscale intensities in [0, 1]"
+    return (x if idx is None else x[idx]), how
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return nullcontext()
+    if precision != "bf16":
+        raise ValueError(f"nll precision must be fp32 or bf16, got {precision!r}")
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def iwae_nll(model, x: torch.Tensor, k: int, *, chunk: int = 500, batch: int | None = None, precision: str = "fp32",
+             progress: bool = True, log=None, desc: str = "") -> torch.Tensor:
+    """Per-image IWAE estimate of -log p(x) in nats, float64 (N,), from `model.nll` calls of `chunk` samples for
+    `batch` images (default: ROWS // chunk); see the module docstring. Noise comes from torch's global generator."""
+    from tqdm.auto import tqdm
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    chunk = max(1, min(chunk, k))
+    batch = batch or max(1, ROWS // chunk)
+    sizes = [min(chunk, k - s) for s in range(0, k, chunk)]
+    calls = math.ceil(len(x) / batch) * len(sizes)
+    out = torch.empty(len(x), dtype=torch.float64)
+    bar = tqdm(total=len(x), desc=desc or f"IWAE k={k}", leave=False, disable=not progress)
+    t0, done = time.perf_counter(), 0
+    with torch.inference_mode(), _autocast(model.device, precision):
+        for i in range(0, len(x), batch):
+            xb = x[i:i + batch].to(model.device)
+            parts = []
+            for m in sizes:
+                parts.append(math.log(m) - model.nll(xb, k=m).double().cpu())
+                done += 1
+                if done == 1 and log is not None and calls > 1:
+                    est = (time.perf_counter() - t0) * calls
+                    log(f"{desc or 'IWAE'}: k={k} on {len(x)} images, {calls} calls of {len(xb)}x{sizes[0]} decoder "
+                        f"rows: estimated {est / 60:.1f} min (from the first call)")
+            out[i:i + len(xb)] = -(torch.logsumexp(torch.stack(parts), 0) - math.log(k))
+            seen = out[:i + len(xb)]
+            bar.update(len(xb))
+            if len(seen) > 1:
+                bar.set_postfix_str(f"nll {seen.mean():.2f} ± {seen.std() / math.sqrt(len(seen)):.2f}")
+    bar.close()
+    return out
+
+
+def _stats(vals: torch.Tensor) -> dict:
+    v = vals.double()
+    return {"value": float(v.mean()), "stderr": float(v.std() / math.sqrt(len(v))) if len(v) > 1 else None}
+
+
+@metric("elbo", needs=("elbo",), columns=(col("test_elbo", HIGHER, "nats", rank=71),))
+def _elbo(model, ctx):
+    """Test ELBO, one z per image, on the first ctx.n test images."""
+    x, how = prepared_test_set(model, ctx)
+    x = x[: ctx.n]
+    torch.manual_seed(ctx.seed)
+    vals = torch.cat([model.elbo(x[i:i + 500].to(model.device)).double().cpu() for i in range(0, len(x), 500)])
+    return {"test_elbo": {**_stats(vals), "unit": "nats", "split": "test", "n": len(x), "data": how,
+                          "protocol": "one z sample per image"}}
+
+
+def nll_plan(ctx, n_test: int) -> dict:
+    """k, the number of test images and the preset's name ("custom" when an option or a smaller ctx.n changed one
+    of its numbers) that the nll metric uses."""
+    p = preset(ctx.preset)
+    k = int(ctx.options.get("k") or p["k"])
+    n_preset = min(n_test, p["nll_n"] or n_test)
+    n = min(n_test, int(ctx.options["nll_n"])) if ctx.options.get("nll_n") else min(n_preset, ctx.n)
+    return {"k": k, "n": n, "preset": ctx.preset if (k, n) == (p["k"], n_preset) else "custom"}
+
+
+def _which(idx, n_test: int, seed: int) -> str:
+    return "the whole test split" if len(idx) == n_test else f"a seeded random subset of {len(idx)} (seed {seed})"
+
+
+@metric("nll", needs=("nll",), columns=(col("test_nll", LOWER, "nats", rank=70),))
+def _nll(model, ctx):
+    """IWAE estimate of the test NLL with the context's preset (module docstring)."""
+    n_test = len(ctx.data("test"))
+    plan = nll_plan(ctx, n_test)
+    idx = subset(n_test, plan["n"], ctx.seed)
+    x, how = prepared_test_set(model, ctx, idx)
+    precision = ctx.options.get("nll_precision", "fp32")
+    torch.manual_seed(ctx.seed)
+    vals = iwae_nll(model, x, plan["k"], chunk=int(ctx.options.get("nll_chunk", 500)),
+                    batch=ctx.options.get("nll_batch"), precision=precision,
+                    progress=ctx.options.get("progress", True), log=ctx.log)
+    rec = {**_stats(vals), "unit": "nats", "split": "test", "n": len(idx), "k": plan["k"], "preset": plan["preset"],
+           "images": _which(idx, n_test, ctx.seed), "data": how,
+           "protocol": "IWAE estimate (Burda et al. 2015); stderr over images"}
+    if precision != "fp32":
+        rec["precision"] = precision
+    return {"test_nll": rec}
+
+
+@metric("bpd", needs=("bits_per_dim",),
+        columns=(col("bpd", LOWER, "bits/dim", rank=72), col("bpd_small", LOWER, "bits/dim", rank=73),
+                 col("bpd_large", LOWER, "bits/dim", rank=74)))
+def _bpd(model, ctx):
+    """Variational bound in bits/dim on the test split; K stratified timesteps per image (all T with bpd_t=0)."""
+    p = preset(ctx.preset)
+    test = ctx.data("test")
+    n_preset = min(len(test), p["bpd_n"] or len(test))
+    n = min(len(test), int(ctx.options["nll_n"])) if ctx.options.get("nll_n") else min(n_preset, ctx.n)
+    t = int(ctx.options.get("bpd_t", p["bpd_t"]))
+    k = t or None
+    name = ctx.preset if (n, t) == (n_preset, p["bpd_t"]) else "custom"
+    idx = subset(len(test), n, ctx.seed)
+    x = test.images[idx]
+    g = torch.Generator().manual_seed(ctx.seed)
+    parts = [model.vlb_terms(x[i:i + 250], k, g) for i in range(0, len(x), 250)]
+    d = x[0].numel() * math.log(2)
+    out = {}
+    for var in ("small", "large"):
+        tot = torch.cat([q[f"total_{var}"] for q in parts]).cpu() / d
+        out[f"bpd_{var}"] = {**_stats(tot), "unit": "bits/dim", "split": "test", "n": len(tot), "preset": name,
+                             "images": _which(idx, len(test), ctx.seed),
+                             "timesteps": f"{k} stratified per image" if k else "all",
+                             "prior_bpd": float(torch.cat([q["prior"] for q in parts]).mean() / d),
+                             "decoder_bpd": float(torch.cat([q[f"decoder_{var}"] for q in parts]).mean() / d),
+                             "protocol": f"variational bound (Ho et al. 2020 eq. 5), reverse variance {var}, "
+                                         "discretised Gaussian decoder on 8-bit data"}
+    best = min(("small", "large"), key=lambda v: out[f"bpd_{v}"]["value"])
+    out["bpd"] = {**out[f"bpd_{best}"], "variance": best}
+    return out
