@@ -1,6 +1,6 @@
-"""The studio's leaderboard: the runs' eval.json numbers grouped by dataset, in `dgm leaderboard`'s column order and
-with its metric directions (dgm.metrics.leaderboard: ORDER, BETTER, PROTOCOL_KEYS), and whether a column's protocols
-agree (numbers measured differently are not comparable)."""
+"""The studio's leaderboard: the runs' eval.json numbers grouped by dataset, with `dgm leaderboard`'s column order,
+directions and units (dgm.metrics.leaderboard, read from what each metric declared in dgm.metrics.registry) and its
+protocol fields (PROTOCOL_KEYS), so a column says whether its numbers were measured the same way (comparable)."""
 from __future__ import annotations
 
 import json
@@ -15,17 +15,11 @@ def protocol_of(entry: dict[str, Any]) -> str:
     return json.dumps({p: entry.get(p) for p in PROTOCOL_KEYS if p in entry}, sort_keys=True, default=str)
 
 
-def column_order(names: Iterable[str]) -> list[str]:
-    """`dgm leaderboard`'s order: its known metrics first, in its order, then the others by name."""
-    from dgm.metrics.leaderboard import ORDER
-    present = set(names)
-    return [k for k in ORDER if k in present] + sorted(present - set(ORDER))
-
-
 def _add_run(g: dict[str, Any], protos: dict[str, set[str]], r: Run, ev: dict[str, Any]) -> None:
-    from dgm.metrics.leaderboard import BETTER
+    from dgm.metrics.leaderboard import better, unit
     for k, v in ev.items():
-        g["columns"].setdefault(k, {"unit": v.get("unit"), "protocol": v.get("protocol"), "better": BETTER.get(k)})
+        g["columns"].setdefault(k, {"unit": unit(k) or v.get("unit"), "protocol": v.get("protocol"),
+                                    "better": better(k)})
         protos.setdefault(k, set()).add(protocol_of(v))
     g["rows"].append({"id": r.id, "name": r.name, "family": r.family, "step": r.step,
                       "values": {k: v["value"] for k, v in ev.items()}})
@@ -40,6 +34,7 @@ def board(runs: Iterable[Run]) -> dict[str, Any]:
         if ev:
             g = groups.setdefault(r.dataset, {"columns": {}, "rows": []})
             _add_run(g, protocols.setdefault(r.dataset, {}), r, ev)
+    from dgm.metrics.leaderboard import column_order
     for ds, g in groups.items():
         g["columns"] = {k: {**g["columns"][k], "comparable": len(protocols[ds][k]) == 1}
                         for k in column_order(g["columns"])}

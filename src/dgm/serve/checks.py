@@ -155,6 +155,7 @@ def to_input(studio: Studio, run_id: str, data: bytes, domain: str | None, inver
     """An upload framed like the run's training data, (1, C, S, S) in [0, 1] (call from a worker thread)."""
     caps = studio.run(run_id).capabilities()
     ch = caps["domains"][domain] if domain else caps["channels"]
+    img.open_image(data)  # a file that is no image, or a bomb, is refused before the statistics are computed
     frac = None
     if ch == 1 and caps["encode"] and caps["decode"] and fit in ("auto", "object"):
         frac = studio.latent_stats(run_id).get("content_fraction")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import secrets
 from typing import Annotated, Any, Literal, Union
 
+import anyio
 import torch
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, Response
@@ -104,9 +105,11 @@ async def run_file(request: Request, run_id: str, name: str):
 
 @router.get("/leaderboard")
 async def leaderboard(request: Request):
-    """Runs with eval.json numbers, grouped by dataset (numbers are only comparable on the same data)."""
+    """Runs with eval.json numbers, grouped by dataset (numbers are only comparable on the same data). Read in a
+    thread (files, and the metric registry's first import), not on the event loop."""
     from dgm.serve.board import board
-    return {"datasets": board(_studio(request).runs.values())}
+    runs = list(_studio(request).runs.values())
+    return {"datasets": await anyio.to_thread.run_sync(board, runs)}
 
 
 # -- sampling and decoding --------------------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ def server_config(app, host: str = "127.0.0.1", port: int = 8000, header_seconds
     import uvicorn
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, http=header_deadline_protocol(header_seconds),
                           timeout_keep_alive=KEEP_ALIVE_SECONDS, h11_max_incomplete_event_size=MAX_HEADER_BYTES,
-                          limit_concurrency=MAX_CONNECTIONS, ws="none", lifespan="on")
+                          limit_concurrency=MAX_CONNECTIONS, ws="none")
 
 
 def run_server(app, host: str, port: int) -> None:
