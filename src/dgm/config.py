@@ -3,6 +3,7 @@ rejects what does not fit: an unknown key, a value of the wrong type. Nothing he
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 
@@ -27,16 +28,24 @@ def config_from_dict(cls: type, d: dict[str, Any]):
     return cls(**kwargs)
 
 
+def _finite(text: str) -> float:
+    v = float(text)
+    if not math.isfinite(v):
+        raise ValueError(text)
+    return v
+
+
 def parse_value(field: dataclasses.Field, text: Any) -> Any:
-    """'--set key=value' text -> the field's type (int, float, bool, str, tuple of numbers)."""
+    """'--set key=value' text -> the field's type (int, float, bool, str, tuple of numbers). Numbers must be finite
+    (nan and inf are refused for every config: no option of any family means anything with them)."""
     if not isinstance(text, str):
         return text
     t = str(field.type)
     try:
         if "tuple" in t:
             parts = [p for p in text.replace("(", "").replace(")", "").split(",") if p.strip()]
-            num = float if "float" in t else int
-            return tuple(num(p) for p in parts)
+            num = _finite if "float" in t else int
+            return tuple(num(p.strip()) for p in parts)
         if t in ("bool", "<class 'bool'>"):
             if text.lower() in ("1", "true", "yes", "on"):
                 return True
@@ -46,9 +55,9 @@ def parse_value(field: dataclasses.Field, text: Any) -> Any:
         if t in ("int", "<class 'int'>"):
             return int(float(text)) if float(text).is_integer() else int(text)
         if t in ("float", "<class 'float'>"):
-            return float(text)
+            return _finite(text)
     except ValueError:
-        raise UsageError(f"--set {field.name}={text}: expected {t}") from None
+        raise UsageError(f"--set {field.name}={text}: expected {'a finite ' if 'float' in t else ''}{t}") from None
     return text
 
 

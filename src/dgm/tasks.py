@@ -3,6 +3,8 @@ run's data, translate image files. Orchestration only: the maths is in models/, 
 in figures/, the measuring in metrics/."""
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from dgm.io import load, read_config
 from dgm.metrics.classifier import domain_classifier
 from dgm.models.classifier import Classifier
 from dgm.registry import get_family
-from dgm.train import TrainConfig, Trainer
+from dgm.train import RESUMABLE, ResumeMismatch, TrainConfig, Trainer
 
 __all__ = ["UsageError", "train", "run_data", "load_data", "translate_paths"]
 
@@ -39,28 +41,58 @@ def run_data(run_dir, split: str = "test", data_dir=None) -> ImageData:
     return load_data(d["name"], split, data_dir or d.get("data_dir"), d.get("image_size"))
 
 
-def _run_options(family: str, resume: bool, out: Path, overrides: dict[str, Any], steps: int, epochs: float):
-    """(family class, model kwargs, train kwargs, data name, image size, data dir) for a fresh or resumed run."""
-    if resume:
-        cfg = read_config(out)
-        cls = get_family(cfg["family"])
-        model_kw, train_kw = cfg["model"], dict(cfg["train"])
-        if steps:
-            train_kw["steps"] = steps
-        d = cfg["data"]
-        return cls, model_kw, train_kw, d["name"], d.get("image_size"), d.get("data_dir")
+LENGTH = ("steps", "epochs", "minutes")  # how long a run trains; given on resume, they replace the saved ones
+
+
+def _fresh_options(family: str, overrides: dict[str, Any], length: dict[str, Any], device: str | None):
+    """(family class, model kwargs, train kwargs) for a fresh run."""
     try:
         cls = get_family(family)
     except KeyError as e:
         raise UsageError(str(e).strip("'\"")) from None
     kw = split_overrides({"model": cls.Config, "train": TrainConfig}, overrides, reserved=_FROM_DATA,
                          owner=cls.family)
-    train_kw = {**cls.train_defaults, **kw["train"]}
-    if steps:
-        train_kw["steps"] = steps
-    if epochs:
-        train_kw["epochs"] = epochs
-    return cls, kw["model"], train_kw, None, None, None
+    train_kw = {**cls.train_defaults, **kw["train"], **length}
+    if device:
+        train_kw["device"] = device
+    return cls, kw["model"], train_kw
+
+
+def _resume_options(cfg: dict[str, Any], out: Path, overrides: dict[str, Any], length: dict[str, Any]):
+    """(family class, model kwargs, train kwargs) for resuming the run in `out`: its own config, with the train
+    options that may change on resume (dgm.train.RESUMABLE) applied from `overrides` and `length`; any other option
+    is refused in one line naming it. A length given (--steps, --epochs, --minutes, or the same keys in --set)
+    replaces the saved length, so `--steps 5000` or `--minutes 30` extends a run whatever it was first given."""
+    cls = get_family(cfg["family"])
+    kw = split_overrides({"model": cls.Config, "train": TrainConfig}, overrides, reserved=_FROM_DATA,
+                         owner=cls.family)
+    same = lambda a, b: json.loads(json.dumps(a)) == json.loads(json.dumps(b))  # noqa: E731  (tuples vs lists)
+    moved = sorted(k for k, v in kw["model"].items() if not same(v, cfg["model"].get(k)))
+    if moved:
+        k = moved[0]
+        raise UsageError(f"--set {k}: a model option cannot change on resume (the checkpoint holds that model); "
+                         f"train a fresh run into another --out, or with --overwrite")
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    fixed = sorted(k for k, v in kw["train"].items()
+                   if k not in RESUMABLE and not same(v, cfg["train"].get(k, defaults.get(k))))
+    if fixed:
+        raise UsageError(f"--set {fixed[0]}: cannot change on resume (the checkpoint's batches, optimiser and RNG "
+                         f"depend on it); these may: {', '.join(sorted(RESUMABLE))}")
+    saved = dict(cfg["train"])
+    changes = {**{k: v for k, v in kw["train"].items() if k in RESUMABLE}, **length}
+    train_kw = dict(saved)
+    if any(k in changes for k in LENGTH):
+        train_kw.update(steps=0, epochs=0.0, minutes=0.0)
+    train_kw.update(changes)
+    at = (cfg.get("progress") or {}).get("checkpoint_step")
+    if train_kw.get("steps") and at is not None and train_kw["steps"] < at:
+        raise UsageError(f"--steps {train_kw['steps']}: {out} is already at step {at}; give more steps to extend it")
+    return cls, cfg["model"], train_kw
+
+
+def _changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    return [f"{k} {saved.get(k, 0)!r} -> {now[k]!r}" for k in sorted(now)
+            if now[k] != saved.get(k, 0 if k in LENGTH else None)]
 
 
 def _build(cls, model_kw: dict, train_kw: dict, ds: ImageData):
@@ -84,15 +116,47 @@ def frozen_classifier(source: str, image_size: int, data_dir=None):
     return domain_classifier(source, image_size, data_dir)
 
 
-def train(family: str, data: str = "digits", *, steps: int = 0, epochs: float = 0.0, out: str | os.PathLike | None = None,
-          overrides: dict[str, Any] | None = None, resume: bool = False, data_dir=None, image_size: int | None = None,
-          progress: bool = True, figures: bool = True, stop_at: int | None = None) -> Path:
-    """Train a family on a dataset and write a run folder; returns its path."""
-    out = Path(out or Path("runs") / f"{family}_{data.replace(':', '_').replace('/', '_')}")
-    cls, model_kw, train_kw, saved_data, saved_size, saved_dir = _run_options(family, resume, out, overrides or {},
-                                                                               steps, epochs)
+def train(family: str | None, data: str | None = None, *, steps: int = 0, epochs: float = 0.0, minutes: float = 0.0,
+          out: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None, resume: bool = False,
+          overwrite: bool = False, device: str | None = None, data_dir=None, image_size: int | None = None,
+          progress: bool = True, figures: bool = True, stop_at: int | None = None, say=None) -> Path:
+    """Train a family on a dataset (default digits) and write a run folder; returns its path.
+
+    `minutes` > 0 trains for that much process CPU time (dgm.train). A fresh run refuses a folder that already holds
+    a run unless `overwrite`. `resume` continues the run in `out` with its own config: `family`, `data` and
+    `image_size` may be given (None: the run's) and must then match it; `overrides` may only hold train options in
+    dgm.train.RESUMABLE, and `steps` / `epochs` / `minutes` replace the run's length. `say(line)` hears what a resume
+    changed. `device` (auto, cpu, cuda, cuda:N) is the train config's device."""
+    length = {k: v for k, v in (("steps", steps), ("epochs", epochs), ("minutes", minutes)) if v}
+    overrides = dict(overrides or {})
+    if device:
+        given = overrides.pop("device", None)
+        if given is not None and given != device:
+            raise UsageError(f"the device is given twice (--device {device}, --set device={given}); give it once")
+    if resume and overwrite:
+        raise UsageError("--resume continues the run in --out and --overwrite replaces it: give one of them")
     if resume:
-        data, image_size, data_dir = saved_data, saved_size, data_dir or saved_dir
+        if out is None:
+            raise UsageError("--resume needs the run folder: --out RUN")
+        out = Path(out)
+        cfg = read_config(out)
+        d = cfg.get("data") or {}
+        differ = [f"{what} {saved!r} (asked {asked!r})" for what, saved, asked in
+                  (("family", cfg["family"], family), ("data", d.get("name"), data),
+                   ("image size", d.get("image_size"), image_size)) if asked is not None and asked != saved]
+        if differ:
+            raise ResumeMismatch(f"cannot resume {out}: it holds a run with " + ", ".join(differ)
+                                 + "; leave them out to resume it, or train a fresh run elsewhere")
+        cls, model_kw, train_kw = _resume_options(cfg, out, overrides, length)
+        if device:
+            train_kw["device"] = device
+        changed = _changes(cfg["train"], train_kw)
+        data, image_size, data_dir = d["name"], d.get("image_size"), data_dir or d.get("data_dir")
+    else:
+        data = data or "digits"
+        out = Path(out or Path("runs") / f"{family}_{data.replace(':', '_').replace('/', '_')}")
+        cls, model_kw, train_kw = _fresh_options(family, overrides, length, device)
+        changed = []
     ds = load_data(data, "train", data_dir, image_size)
     tcfg, model = _build(cls, model_kw, train_kw, ds)
     # A family may check its data or need a frozen helper network first; resume restores that from the checkpoint.
@@ -101,7 +165,9 @@ def train(family: str, data: str = "digits", *, steps: int = 0, epochs: float = 
         model.prepare_training(ds, classifier=frozen_classifier(source, model.config.image_size, data_dir)
                                if source else None)
     extra = {"data": {"name": data, "image_size": ds.shape[1], "data_dir": str(data_dir) if data_dir else None}}
-    trainer = Trainer(model, ds, tcfg, out, extra_config=extra, progress=progress)
+    said = (lambda: say(f"resuming {out} with " + ", ".join(changed))) if resume and say and changed else None
+    trainer = Trainer(model, ds, tcfg, out, extra_config=extra, progress=progress, overwrite=overwrite,
+                      on_start=said)
     trainer.fit(resume=resume, stop_at=stop_at)
     if figures and trainer.rank == 0 and stop_at is None:
         write_figures(out, trainer.eval_model, run_data(out, "test"))

@@ -212,8 +212,10 @@ class Trainer:
     files in the folder are left alone."""
 
     def __init__(self, model, data, config: TrainConfig, out_dir: str | os.PathLike,
-                 extra_config: dict[str, Any] | None = None, progress: bool = True, overwrite: bool = False):
+                 extra_config: dict[str, Any] | None = None, progress: bool = True, overwrite: bool = False,
+                 on_start=None):
         self.cfg = c = config
+        self.on_start = on_start  # called once the folder is locked and checked and the run is about to train
         self.out = Path(out_dir)
         self.extra = extra_config or {}
         self.progress = progress
@@ -526,6 +528,8 @@ class Trainer:
         self.write_run_config(UNFINISHED)
         if resume and self.rank == 0:  # the weights on disk are the checkpoint's (a kill may have come between)
             save(self.eval_model, self.out, weights_only=True)
+        if self.on_start is not None and self.rank == 0:
+            self.on_start()
         budget, total = self.budget, self.total
         sample_every = c.sample_every or (max(1, total // 8) if total is not None and budget is None else 0)
         next_grid = math.floor(self.budget_fraction() * 8 + 1e-9) + 1  # budget runs: the next eighth for a grid

@@ -18,10 +18,15 @@ DEFAULT_SIZE = 64
 READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 
 
-def image_files(folder: Path) -> list[Path]:
-    """All non-hidden files below ``folder``, in a deterministic order."""
+def image_files(folder: Path, unreadable: list[str] | None = None) -> list[Path]:
+    """All non-hidden files below ``folder``, in a deterministic order. Subfolders that cannot be listed (no
+    permission) are skipped; their paths go to ``unreadable`` when given."""
     out = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+
+    def skipped(e: OSError):
+        if unreadable is not None and not isinstance(e, FileNotFoundError):  # absent (e.g. a class not in a split)
+            unreadable.append(str(e.filename or e))
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=skipped):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # skips .git, .ipynb_checkpoints, ...
         out.extend(Path(dirpath) / f for f in filenames if not f.startswith("."))
     return sorted(out)
@@ -79,20 +84,24 @@ def load_folder(split, data_dir, image_size, download, *, path: str) -> ImageDat
         raise DataError(f"folder:{path}: not a directory")
     size = image_size or DEFAULT_SIZE
     base = root
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        base = root / split
-        classes = sorted(set(_subdirs(root / "train")) | set(_subdirs(root / "test")))
-    else:
-        classes = _subdirs(root)
-
     candidates: list[tuple[Path, int]] = []
-    outside = 0
-    if classes:
-        for i, c in enumerate(classes):
-            candidates.extend((f, i) for f in image_files(base / c))  # a class absent from this split adds nothing
-        outside = sum(1 for p in base.iterdir() if p.is_file() and not p.name.startswith("."))
-    else:
-        candidates = [(f, -1) for f in image_files(base)]
+    outside, unreadable = 0, []
+    try:  # a folder without read permission: one DataError, not a traceback
+        if (root / "train").is_dir() and (root / "test").is_dir():
+            base = root / split
+            classes = sorted(set(_subdirs(root / "train")) | set(_subdirs(root / "test")))
+        else:
+            classes = _subdirs(root)
+        if classes:
+            for i, c in enumerate(classes):  # a class absent from this split adds nothing
+                candidates.extend((f, i) for f in image_files(base / c, unreadable))
+            outside = sum(1 for p in base.iterdir() if p.is_file() and not p.name.startswith("."))
+        else:
+            candidates = [(f, -1) for f in image_files(base, unreadable)]
+    except OSError as e:
+        raise DataError(f"folder:{root}: cannot read {e.filename or base}: {e.strerror or e}") from None
+    if unreadable and not candidates:
+        raise DataError(f"folder:{root}: cannot list {unreadable[0]} (permission denied?)")
 
     arrays, labels, bad = [], [], []
     for f, label in candidates:
@@ -102,13 +111,15 @@ def load_folder(split, data_dir, image_size, download, *, path: str) -> ImageDat
             bad.append(f.name)
             continue
         labels.append(label)
-    if bad or outside:
+    if bad or outside or unreadable:
         parts = []
         if bad:
             parts.append(f"{len(bad)} file(s) that are not readable PNG/JPEG/BMP/WEBP images "
                          f"(e.g. {', '.join(bad[:3])})")
         if outside:
             parts.append(f"{outside} file(s) outside the class subfolders")
+        if unreadable:
+            parts.append(f"{len(unreadable)} folder(s) it cannot list (e.g. {unreadable[0]})")
         warnings.warn(f"folder:{root}: skipped {' and '.join(parts)}", stacklevel=3)
     if not arrays:
         raise DataError(f"folder:{root}: no readable images (PNG/JPEG/BMP/WEBP) found in {base}")
