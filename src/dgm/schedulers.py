@@ -228,16 +228,221 @@ class DPMSolverPPScheduler(Scheduler):
         return StepOutput(x_s, x0)
 
 
-SAMPLERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm++2m": DPMSolverPPScheduler}
+# -- continuous-time objectives: EDM (Karras et al. 2022) and flow matching (Lipman et al. 2023; Liu et al. 2023) ---
+class EDMSchedule:
+    """The EDM formulation (Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based Generative Models").
+
+    x_sigma = x0 + sigma n, n ~ N(0, I) (their VE form, sigma(t) = t, s(t) = 1), so the probability-flow ODE is
+    dx/dsigma = (x - D(x; sigma)) / sigma (eq. 1 with table 1's EDM column) for a denoiser D. The network F is wrapped
+    as D(x; sigma) = c_skip x + c_out F(c_in x; c_noise) with (table 1, "network and preconditioning")
+    c_skip = sd^2 / (sigma^2 + sd^2), c_out = sigma sd / sqrt(sigma^2 + sd^2), c_in = 1 / sqrt(sigma^2 + sd^2),
+    c_noise = ln(sigma) / 4 (sd = sigma_data); training draws ln(sigma) ~ N(P_mean, P_std^2) and weights the squared
+    error of D by lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2 = 1 / c_out^2, so F regresses on
+    (x0 - c_skip x) / c_out with unit weight. Sampling visits sigma_i = (smax^(1/rho) + i/(N-1) (smin^(1/rho) -
+    smax^(1/rho)))^rho, i < N, then sigma_N = 0 (eq. 5). Python floats and float64 throughout."""
+    kind = "edm"
+
+    def __init__(self, sigma_data: float = 0.5, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
+                 p_mean: float = -1.2, p_std: float = 1.2):
+        if not 0 < sigma_min < sigma_max or sigma_data <= 0 or rho <= 0 or p_std <= 0:
+            raise ValueError("EDM needs 0 < sigma_min < sigma_max, sigma_data > 0, rho > 0 and P_std > 0; got "
+                             f"sigma_min {sigma_min}, sigma_max {sigma_max}, sigma_data {sigma_data}, rho {rho}, "
+                             f"P_std {p_std}")
+        self.sigma_data, self.sigma_min, self.sigma_max, self.rho = sigma_data, sigma_min, sigma_max, rho
+        self.p_mean, self.p_std = p_mean, p_std
+
+    def precondition(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(c_skip, c_out, c_in, c_noise) for sigma > 0, each shaped like `sigma` (float64 recommended)."""
+        sd2, s2 = self.sigma_data ** 2, sigma ** 2
+        c_skip = sd2 / (s2 + sd2)
+        c_out = sigma * self.sigma_data / (s2 + sd2).sqrt()
+        c_in = 1 / (s2 + sd2).sqrt()
+        return c_skip, c_out, c_in, sigma.log() / 4
+
+    def loss_weight(self, sigma: torch.Tensor) -> torch.Tensor:
+        """lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2, the weight of ||D - x0||^2 (table 1)."""
+        return (sigma ** 2 + self.sigma_data ** 2) / (sigma * self.sigma_data) ** 2
+
+    def sample_train(self, b: int, device) -> torch.Tensor:
+        """Training noise levels: ln(sigma) ~ N(P_mean, P_std^2), float32 (B,)."""
+        return (self.p_mean + self.p_std * torch.randn(b, device=device)).exp()
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, sigma) -> torch.Tensor:
+        return x0 + _col(sigma, x0) * noise
+
+    def grid(self, n: int) -> list[float]:
+        """The n sigmas of eq. 5 (sigma_max first, sigma_min last; n = 1: sigma_max) followed by 0: n + 1 floats."""
+        if n == 1:
+            return [self.sigma_max, 0.0]
+        a, b = self.sigma_max ** (1 / self.rho), self.sigma_min ** (1 / self.rho)
+        return [(a + i / (n - 1) * (b - a)) ** self.rho for i in range(n)] + [0.0]
+
+    def to_x0(self, out: torch.Tensor, x: torch.Tensor, sigma) -> torch.Tensor:
+        return out  # the model's output is already the denoiser D(x; sigma)
+
+    def velocity(self, out: torch.Tensor, x: torch.Tensor, sigma, x0: torch.Tensor) -> torch.Tensor:
+        """dx/dsigma = (x - D) / sigma, with D the (possibly clipped) x0 estimate."""
+        return (x - x0) / sigma
 
 
-def make_scheduler(name: str, schedule: NoiseSchedule, prediction: str = "eps", clip: float | None = 1.0,
-                   steps: int | None = None, eta: float = 0.0, variance: str = "small") -> Scheduler:
-    """A sampler by name ("ddpm", "ddim", "dpm++2m"; "dpm" and "dpmsolver++" are accepted for the last), ready to
-    run `steps` steps (default: all T for DDPM, 50 otherwise)."""
+class FlowSchedule:
+    """Flow matching / rectified flow on straight paths (Lipman et al. 2023; Liu et al. 2023), in diffusion's naming:
+    x_0 is data, x_1 ~ N(0, I) noise, x_t = (1 - t) x_0 + t x_1 for t in [0, 1], and the network regresses the
+    constant velocity v = x_1 - x_0 = dx_t/dt. Sampling integrates dx/dt = v from t = 1 (noise) down to t = 0 on a
+    uniform grid. Training t: uniform, or logit-normal t = sigmoid(m + s n), n ~ N(0, 1) (Esser et al. 2024, sec. 3.1,
+    their best setting m = 0, s = 1)."""
+    kind = "flow"
+
+    def __init__(self, t_sampling: str = "logit_normal", t_mean: float = 0.0, t_std: float = 1.0):
+        if t_sampling not in ("uniform", "logit_normal"):
+            raise ValueError(f"flow_t must be 'uniform' or 'logit_normal', got {t_sampling!r}")
+        if t_std <= 0:
+            raise ValueError(f"flow_t_std must be > 0, got {t_std}")
+        self.t_sampling, self.t_mean, self.t_std = t_sampling, t_mean, t_std
+
+    def sample_train(self, b: int, device) -> torch.Tensor:
+        if self.t_sampling == "uniform":
+            return torch.rand(b, device=device)
+        return torch.sigmoid(self.t_mean + self.t_std * torch.randn(b, device=device))
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t) -> torch.Tensor:
+        t = _col(t, x0)
+        return (1 - t) * x0 + t * noise
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return noise - x0
+
+    def grid(self, n: int) -> list[float]:
+        return [1 - i / n for i in range(n)] + [0.0]
+
+    def to_x0(self, out: torch.Tensor, x: torch.Tensor, t) -> torch.Tensor:
+        return x - t * out  # x_t - t v = x_0 on a straight path
+
+    def velocity(self, out: torch.Tensor, x: torch.Tensor, t, x0: torch.Tensor) -> torch.Tensor:
+        """dx/dt = v; when x0 was clipped, the velocity that points at the clipped x0, v + (x0_raw - x0) / t
+        (= (x - x0) / t; exactly v where nothing was clipped)."""
+        shift = self.to_x0(out, x, t) - x0
+        return out if not bool(shift.any()) else out + shift / t
+
+
+def _col(v, like: torch.Tensor) -> torch.Tensor | float:
+    """A per-example (B,) tensor as (B, 1, ..., 1) in `like`'s dtype; python numbers pass through."""
+    if isinstance(v, torch.Tensor) and v.dim() > 0:
+        return v.to(like.device, like.dtype).view(-1, *([1] * (like.dim() - 1)))
+    return float(v)
+
+
+class ODEScheduler:
+    """Euler or Heun (2nd order) integration of the probability-flow ODE of an EDM or flow schedule, as one network
+    call per `step`, so the sampling loop is the same as for DDPM/DDIM: `for t in timesteps: x = step(net(x, t), t, x)`.
+
+    `set_timesteps(calls)` takes the number of network calls. Euler: `calls` intervals. Heun (Karras et al. 2022,
+    algorithm 1): each interval i from s_i to s_{i+1} takes an Euler step to s_{i+1}, evaluates the network there and
+    averages the two slopes, x_{i+1} = x_i + (s_{i+1} - s_i) (d_i + d'_{i+1}) / 2; the last interval (into s = 0,
+    where the EDM slope is undefined) is a plain Euler step, so N intervals cost 2N - 1 calls (18 intervals: 35 calls,
+    their CIFAR-10 setting). An even number of calls makes the first interval Euler too (at sigma_max the ODE is
+    nearly straight). `timesteps` lists every evaluation point, so a Heun run visits s_{i+1} twice.
+
+    Stochastic churn (algorithm 2, EDM only): with s_churn > 0, each interval whose sigma lies in [s_tmin, s_tmax]
+    first raises the noise to sigma_hat = sigma (1 + gamma), gamma = min(s_churn / N, sqrt(2) - 1), adding
+    N(0, (sigma_hat^2 - sigma^2) s_noise^2) noise; the network is then evaluated at sigma_hat."""
+
+    def __init__(self, schedule, method: str = "heun", clip: float | None = 1.0, s_churn: float = 0.0,
+                 s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0):
+        if method not in ("euler", "heun"):
+            raise ValueError(f"method must be 'euler' or 'heun', got {method!r}")
+        if s_churn < 0 or s_noise < 0:
+            raise ValueError(f"s_churn and s_noise must be >= 0, got {s_churn}, {s_noise}")
+        if s_churn > 0 and getattr(schedule, "kind", "") != "edm":
+            raise ValueError("stochastic churn (s_churn) is defined for the edm objective only")
+        self.schedule, self.name, self.clip = schedule, method, clip
+        self.s_churn, self.s_tmin, self.s_tmax, self.s_noise = s_churn, s_tmin, s_tmax, s_noise
+        self.set_timesteps(18 if method == "heun" else 35)
+
+    def set_timesteps(self, steps: int) -> None:
+        """Plan `steps` network calls (see the class docstring)."""
+        if steps < 1:
+            raise ValueError(f"steps (network calls) must be >= 1, got {steps}")
+        if self.name == "euler":
+            n, heun = steps, [False] * steps
+        else:
+            n = steps // 2 + 1
+            heun = [True] * (n - 1) + [False]
+            if steps % 2 == 0:
+                heun[0] = False
+        self.sigmas = self.schedule.grid(n)
+        gamma = min(self.s_churn / n, math.sqrt(2) - 1) if self.s_churn > 0 else 0.0
+        self.sigma_hat = [s * (1 + gamma) if gamma > 0 and self.s_tmin <= s <= self.s_tmax else s
+                          for s in self.sigmas[:-1]]
+        self._plan = []  # (interval, "predict" | "correct") per network call
+        for i in range(n):
+            self._plan.append((i, "predict"))
+            if heun[i]:
+                self._plan.append((i, "correct"))
+        self.timesteps = [self.sigma_hat[i] if kind == "predict" else self.sigmas[i + 1] for i, kind in self._plan]
+        self.num_steps = len(self.timesteps)  # network calls
+        self.init_noise_sigma = self.sigma_hat[0] if self.schedule.kind == "edm" else 1.0
+        self._k, self._saved = 0, None
+
+    def add_noise(self, x0, noise, t):
+        return self.schedule.add_noise(x0, noise, t)
+
+    def _x0_and_slope(self, out, x, s):
+        x0 = self.schedule.to_x0(out, x, s)
+        if self.clip is not None:
+            x0 = x0.clamp(-self.clip, self.clip)
+        return x0, self.schedule.velocity(out, x, s, x0)
+
+    def _churn(self, x, i, generator):
+        """x at sigma_i -> x at sigma_hat_i (algorithm 2, lines 4-6), for the interval i that comes next."""
+        if i >= len(self.sigma_hat) or self.sigma_hat[i] == self.sigmas[i]:
+            return x
+        return x + math.sqrt(self.sigma_hat[i] ** 2 - self.sigmas[i] ** 2) * self.s_noise * _noise(x, generator)
+
+    def step(self, out: torch.Tensor, t, x: torch.Tensor, generator: torch.Generator | None = None) -> StepOutput:
+        if self._k >= len(self._plan):
+            raise RuntimeError("this scheduler has taken all its steps; call set_timesteps again")
+        i, kind = self._plan[self._k]
+        self._k += 1
+        s_hat, s_next = self.sigma_hat[i], self.sigmas[i + 1]
+        x0, d = self._x0_and_slope(out, x, s_hat if kind == "predict" else s_next)  # = t, from the plan
+        if kind == "predict":
+            x_next = x + (s_next - s_hat) * d
+            if self._k < len(self._plan) and self._plan[self._k][1] == "correct":
+                self._saved = (x, d)
+                return StepOutput(x_next, x0)  # the next call evaluates the slope at this Euler guess
+        else:
+            x_i, d_i = self._saved
+            x_next = x_i + (s_next - s_hat) * (0.5 * d_i + 0.5 * d)
+            self._saved = None
+        return StepOutput(self._churn(x_next, i + 1, generator), x0)
+
+
+SAMPLERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm++2m": DPMSolverPPScheduler,
+            "heun": ODEScheduler, "euler": ODEScheduler}
+DDPM_SAMPLERS = ("ddpm", "ddim", "dpm++2m")   # for NoiseSchedule (the DDPM objective)
+ODE_SAMPLERS = ("heun", "euler")              # for EDMSchedule and FlowSchedule
+
+
+def make_scheduler(name: str, schedule, prediction: str = "eps", clip: float | None = 1.0,
+                   steps: int | None = None, eta: float = 0.0, variance: str = "small", **ode) -> Scheduler:
+    """A sampler by name, ready to run `steps` steps. A NoiseSchedule (the DDPM objective) takes "ddpm" (default: all
+    T steps), "ddim", "dpm++2m" ("dpm" and "dpmsolver++" are accepted for the last; default 50 steps); an EDMSchedule or
+    FlowSchedule takes "heun" or "euler", `steps` counting network calls (default 35), and `ode` (s_churn, s_tmin,
+    s_tmax, s_noise: EDM's stochastic churn)."""
     key = {"dpm": "dpm++2m", "dpmsolver++": "dpm++2m", "dpm-solver++": "dpm++2m", "dpm++": "dpm++2m"}.get(name, name)
     if key not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    if not isinstance(schedule, NoiseSchedule):
+        if key not in ODE_SAMPLERS:
+            raise ValueError(f"sampler {name!r} is for the ddpm objective; a {schedule.kind} model samples with "
+                             f"{' or '.join(ODE_SAMPLERS)}")
+        sch = ODEScheduler(schedule, key, clip, **ode)
+        sch.set_timesteps(steps or 35)
+        return sch
+    if key not in DDPM_SAMPLERS:
+        raise ValueError(f"sampler {name!r} is for the edm and flow objectives; a ddpm model samples with "
+                         f"{', '.join(DDPM_SAMPLERS)}")
     if key == "ddpm":
         sch = DDPMScheduler(schedule, prediction, clip, variance)
     elif key == "ddim":

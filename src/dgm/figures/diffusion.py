@@ -36,15 +36,23 @@ def write_denoise(model, run_dir: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(1.0 * len(cols) + 1.2, 1.0 * len(rows) + 0.8))
     ax.imshow(grid.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     h, w = model.config.image_size + 2, model.config.image_size + 2
-    nxt = lambda j: str(frames[j + 1][0]) if j + 1 < len(frames) else "clean"  # noqa: E731
+    nxt = lambda j: _t(frames[j + 1][0]) if j + 1 < len(frames) else "clean"  # noqa: E731
     ax.set_xticks([2 + w * k + w / 2 - 1 for k in range(len(cols))],
-                  [f"{frames[j][0]}\u2192{nxt(j)}" for j in cols], fontsize=8)
-    ax.set_xlabel("step t \u2192 next t (from pure noise at the left to the sample at the right)", fontsize=8)
+                  [f"{_t(frames[j][0])}\u2192{nxt(j)}" for j in cols], fontsize=8)
+    # The ddpm objective's t is a timestep index; edm's is the noise level sigma, flow's the time t in [0, 1].
+    tname = {"edm": "sigma"}.get(getattr(model.config, "objective", "ddpm"), "t")
+    ax.set_xlabel(f"network call at {tname} \u2192 next {tname} (from pure noise at the left to the sample at the "
+                  "right)", fontsize=8)
     ax.set_yticks([2 + h * r + h / 2 - 1 for r in range(len(rows))], ["x_t", "x0 guess"] * 5, fontsize=8)
     sch = model.scheduler()
-    ax.set_title(f"denoising with {sch.name}, {sch.num_steps} steps: x_t after each step and the model's x0 guess",
+    ax.set_title(f"denoising with {sch.name}, {sch.num_steps} network calls: x_t after each and the model's x0 guess",
                  fontsize=9)
     fig.tight_layout()
     fig.savefig(run_dir / "denoise.png", dpi=110)
     plt.close(fig)
     return [run_dir / "denoise.png", gif]
+
+
+def _t(t) -> str:
+    """A timestep label: integers as they are, continuous times (sigma, flow t) to 3 significant digits."""
+    return str(t) if isinstance(t, int) else f"{float(t):.3g}"

@@ -9,9 +9,20 @@ out = out_uncond + w (out_cond - out_uncond).
 Likelihood: the variational bound of Ho et al. 2020 eq. 5, L = L_T + sum_{t>1} L_{t-1} + L_0, with the discretised
 Gaussian decoder L_0 over the 256 pixel levels (sec. 3.3), in bits per dimension: -log2 P(x) / D of the 8-bit data.
 Pixels live in [-1, 1]; the network (dgm.nn.unet) is separate from the samplers (dgm.schedulers).
+
+Objectives (`objective`), all on the same UNet and the same sampling loop:
+- "ddpm": the above (discrete t = 0..T-1; samplers ddpm, ddim, dpm++2m; the only one with bits/dim);
+- "edm" (Karras et al. 2022): the network F inside the preconditioned denoiser D(x; sigma) = c_skip x +
+  c_out F(c_in x; c_noise), log-normal training sigmas, loss lambda(sigma) ||D - x0||^2 (dgm.schedulers.EDMSchedule);
+  samplers heun (2nd order, default) and euler on the rho = 7 sigma grid, optional stochastic churn (s_churn);
+- "flow" (flow matching / rectified flow, Lipman et al. 2023; Liu et al. 2023): x_t = (1 - t) x0 + t eps, regress
+  v = eps - x0 (dgm.schedulers.FlowSchedule), t uniform or logit-normal (Esser et al. 2024); samplers euler, heun.
+The UNet's sinusoidal embedding was sized for DDPM's t in [0, 1000), so the continuous objectives feed it
+TIME_SCALE times their time variable (1000 c_noise for EDM, 1000 t for flow): the same span of embedding phases.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -23,11 +34,21 @@ from dgm.models.base import GenerativeModel, ImageConfig, randn
 from dgm.nn.distributions import gaussian_kl
 from dgm.nn.unet import UNet
 from dgm.registry import register
-from dgm.schedulers import PREDICTIONS, NoiseSchedule, make_scheduler
+from dgm.schedulers import (PREDICTIONS, EDMSchedule, FlowSchedule, NoiseSchedule,
+                            make_scheduler)
+
+OBJECTIVES = ("ddpm", "edm", "flow")
+# What a fresh `dgm train diffusion` trains (DiffusionConfig keeps "ddpm" so that configs written before `objective`
+# existed still load as what they are); see Diffusion.for_data.
+DEFAULT_OBJECTIVE = "ddpm"
+DDPM_ONLY = ("timesteps", "schedule", "prediction", "min_snr_gamma", "variance")  # fields only "ddpm" reads
+TIME_SCALE = 1000.0  # network time input = TIME_SCALE * c_noise (edm) or TIME_SCALE * t (flow)
+DEFAULT_SAMPLER = {"ddpm": ("ddim", 50), "edm": ("heun", 35), "flow": ("heun", 35)}  # (sampler, network calls)
 
 
 @dataclass
 class DiffusionConfig(ImageConfig):
+    objective: str = "ddpm"                  # "ddpm" (eps/x0/v on a discrete schedule), "edm" or "flow" (see above)
     timesteps: int = 1000
     schedule: str = "linear"                 # "linear" (Ho et al. 2020) or "cosine" (Nichol & Dhariwal 2021)
     prediction: str = "eps"                  # what the network outputs: "eps", "x0" or "v"
@@ -41,9 +62,25 @@ class DiffusionConfig(ImageConfig):
     conditional: bool = False                # class-conditional (needs labels); enables classifier-free guidance
     cond_drop: float = 0.1                   # label dropout probability while training a conditional model
     variance: str = "small"                  # reverse-process variance: beta_tilde ("small") or beta ("large")
-    sampler: str = "ddim"                    # default sampler for sample() and previews
-    sample_steps: int = 50                   # default number of sampling steps (DDPM uses all T unless told)
+    sampler: str = ""                        # default sampler for sample() and previews ("": ddim for ddpm, heun else)
+    sample_steps: int = 0                    # default sampling steps = network calls (0: 50 for ddpm, 35 else;
+                                             # the ddpm sampler uses all T unless told)
     clip: bool = True                        # clip the predicted x0 to [-1, 1] while sampling
+    # EDM (Karras et al. 2022, table 1 and algorithm 2); sigma_data 0.5 is theirs for data in [-1, 1].
+    sigma_data: float = 0.5
+    p_mean: float = -1.2                     # training: ln(sigma) ~ N(p_mean, p_std^2)
+    p_std: float = 1.2
+    sigma_min: float = 0.002                 # sampling grid (eq. 5)
+    sigma_max: float = 80.0
+    rho: float = 7.0
+    s_churn: float = 0.0                     # > 0: stochastic sampling (algorithm 2) for sigma in [s_tmin, s_tmax]
+    s_tmin: float = 0.0
+    s_tmax: float = 1e9
+    s_noise: float = 1.0
+    # Flow matching: the training distribution of t in (0, 1).
+    flow_t: str = "logit_normal"             # "uniform" or "logit_normal" (t = sigmoid(N(flow_t_mean, flow_t_std^2)))
+    flow_t_mean: float = 0.0
+    flow_t_std: float = 1.0
 
 
 def discretized_gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
@@ -72,7 +109,8 @@ class Diffusion(GenerativeModel):
     def __init__(self, config: DiffusionConfig):
         super().__init__(config)
         c = config
-        for name, val, ok in [("prediction", c.prediction, PREDICTIONS), ("variance", c.variance, ("small", "large")),
+        for name, val, ok in [("objective", c.objective, OBJECTIVES), ("prediction", c.prediction, PREDICTIONS),
+                              ("variance", c.variance, ("small", "large")),
                               ("schedule", c.schedule, ("linear", "cosine"))]:
             if val not in ok:
                 raise ValueError(f"{name} must be one of {', '.join(ok)}; got {val!r}")
@@ -80,27 +118,62 @@ class Diffusion(GenerativeModel):
             raise ValueError("conditional=true needs a labelled dataset (this one has no classes)")
         if not 0 <= c.cond_drop < 1:
             raise ValueError(f"cond_drop must be in [0, 1), got {c.cond_drop}")
-        self.schedule = NoiseSchedule(c.schedule, c.timesteps)  # float64 tables, not parameters
-        make_scheduler(c.sampler, self.schedule, steps=min(c.sample_steps, c.timesteps))  # fail early on a bad name
+        if c.objective != "ddpm":
+            fields = {f.name: f.default for f in dataclasses.fields(DiffusionConfig)}
+            odd = [k for k in DDPM_ONLY if getattr(c, k) != fields[k]]
+            if odd:
+                raise ValueError(f"{', '.join(odd)} configure(s) the ddpm objective; objective={c.objective} "
+                                 "does not read them")
+        # "" / 0 mean the objective's default sampler and call count; written back so config.json says what it is.
+        c.sampler = c.sampler or DEFAULT_SAMPLER[c.objective][0]
+        c.sample_steps = c.sample_steps or DEFAULT_SAMPLER[c.objective][1]
+        if c.objective == "ddpm":
+            self.schedule = NoiseSchedule(c.schedule, c.timesteps)  # float64 tables, not parameters
+        elif c.objective == "edm":
+            self.schedule = EDMSchedule(c.sigma_data, c.sigma_min, c.sigma_max, c.rho, c.p_mean, c.p_std)
+        else:
+            self.schedule = FlowSchedule(c.flow_t, c.flow_t_mean, c.flow_t_std)
+        self.scheduler()  # fail early on a bad sampler name or one that does not fit the objective
         self.n_classes = c.num_classes if c.conditional else 0
         self.net = UNet(c.channels, c.channels, c.base_channels, c.channel_mults, c.num_res_blocks, c.attn_levels,
                         c.dropout, self.n_classes, c.heads)
         self._compiled = None
 
+    @classmethod
+    def for_data(cls, data, options=None):
+        """A fresh model: `objective` defaults to DEFAULT_OBJECTIVE unless the options set it, or set a field only the
+        ddpm objective reads (a saved config from before `objective` existed has them all, so it stays ddpm)."""
+        options = dict(options or {})
+        if "objective" not in options and not any(k in options for k in DDPM_ONLY):
+            options["objective"] = DEFAULT_OBJECTIVE
+        return super().for_data(data, options)
+
+    def capabilities(self):
+        """The likelihood bound is the DDPM objective's (Ho et al. eq. 5): the other objectives have no bits/dim."""
+        have = super().capabilities()
+        return have if self.config.objective == "ddpm" else have - {"bits_per_dim"}
+
     # -- training ----------------------------------------------------------------------------------------------
+    def _labels(self, batch, b, device):
+        if not self.n_classes:
+            return None
+        if batch[1] is None:
+            raise ValueError("a conditional diffusion model needs labels in every batch")
+        drop = torch.rand(b, device=device) < self.config.cond_drop
+        return torch.where(drop, torch.full_like(batch[1], self.n_classes), batch[1])
+
     def loss(self, batch, phase="main"):
         c = self.config
         x0 = to_float(batch[0], "-11")
         b = x0.shape[0]
+        if c.objective == "edm":
+            return self._loss_edm(x0, self._labels(batch, b, x0.device))
+        if c.objective == "flow":
+            return self._loss_flow(x0, self._labels(batch, b, x0.device))
         t = torch.randint(0, c.timesteps, (b,), device=x0.device)
         noise = torch.randn_like(x0)
         x_t = self.schedule.add_noise(x0, noise, t)
-        y = None
-        if self.n_classes:
-            if batch[1] is None:
-                raise ValueError("a conditional diffusion model needs labels in every batch")
-            drop = torch.rand(b, device=x0.device) < c.cond_drop
-            y = torch.where(drop, torch.full_like(batch[1], self.n_classes), batch[1])
+        y = self._labels(batch, b, x0.device)
         out = self.net(x_t, t, y).float()
         mse = (out - self.schedule.target(c.prediction, x0, noise, t)).pow(2).flatten(1).mean(1)  # (B,)
         if c.min_snr_gamma > 0:
@@ -112,19 +185,53 @@ class Diffusion(GenerativeModel):
             loss = mse.mean()
         return {"loss": loss, "mse": mse.mean().detach()}
 
+    def _loss_edm(self, x0, y):
+        """lambda(sigma) ||D(x0 + sigma n; sigma) - x0||^2 = ||F(c_in x; c_noise) - (x0 - c_skip x) / c_out||^2
+        (Karras et al. 2022 eq. 2 and 8), ln(sigma) ~ N(P_mean, P_std^2)."""
+        sigma = self.schedule.sample_train(x0.shape[0], x0.device)
+        x = self.schedule.add_noise(x0, torch.randn_like(x0), sigma)
+        c_skip, c_out, c_in, c_noise = (v.view(-1, 1, 1, 1) for v in self.schedule.precondition(sigma))
+        out = self.net(c_in * x, TIME_SCALE * c_noise.flatten(), y).float()
+        err = (out - (x0 - c_skip * x) / c_out).pow(2).flatten(1).mean(1)  # (B,), = lambda * D-space error
+        with torch.no_grad():
+            d_mse = (c_out.flatten() ** 2 * err).mean()  # the unweighted ||D - x0||^2, for the log
+        return {"loss": err.mean(), "mse": d_mse}
+
+    def _loss_flow(self, x0, y):
+        """||v(x_t, t) - (x1 - x0)||^2 on x_t = (1 - t) x0 + t x1, x1 ~ N(0, I) (Lipman et al. 2023 eq. 23)."""
+        t = self.schedule.sample_train(x0.shape[0], x0.device)
+        noise = torch.randn_like(x0)
+        out = self.net(self.schedule.add_noise(x0, noise, t), TIME_SCALE * t, y).float()
+        mse = (out - self.schedule.target(x0, noise)).pow(2).flatten(1).mean(1)
+        return {"loss": mse.mean(), "mse": mse.mean().detach()}
+
     # -- sampling ----------------------------------------------------------------------------------------------
-    def model_output(self, x: torch.Tensor, t: int | torch.Tensor, cond: torch.Tensor | None = None,
+    def model_output(self, x: torch.Tensor, t: int | float | torch.Tensor, cond: torch.Tensor | None = None,
                      guidance: float = 1.0, net=None) -> torch.Tensor:
-        """The network's output at (x_t, t), with classifier-free guidance when `guidance` != 1 (both halves in one
-        batch of 2B). Guidance is linear in the output, so it is the same for eps, x0 and v prediction."""
+        """What the objective's samplers read at (x_t, t): the network's eps/x0/v (ddpm, integer t), the denoiser
+        D(x; sigma) (edm, t = sigma > 0) or the velocity v (flow, t in (0, 1]); with classifier-free guidance when
+        `guidance` != 1 (both halves in one batch of 2B). Guidance is linear in the network's output, and D and v are
+        affine in it, so it is the same whatever the objective or prediction."""
         net = self.net if net is None else net
-        tt = torch.as_tensor(t, device=x.device).expand(x.shape[0])
+        obj = self.config.objective
+        if obj == "ddpm":
+            tt, xin = torch.as_tensor(t, device=x.device).expand(x.shape[0]), x
+        else:
+            tt = torch.as_tensor(t, dtype=torch.float64).reshape(-1).expand(x.shape[0])
+            if obj == "edm":
+                c_skip, c_out, c_in, c_noise = (v.to(x.device, x.dtype).view(-1, 1, 1, 1)
+                                                for v in self.schedule.precondition(tt))
+                xin, tt = c_in * x, TIME_SCALE * c_noise.flatten()
+            else:
+                xin, tt = x, (TIME_SCALE * tt).to(x.device, torch.float32)
         if cond is None or guidance == 1.0:
-            return net(x, tt, cond).float()
-        null = torch.full_like(cond, self.n_classes)
-        both = net(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([cond, null])).float()
-        oc, ou = both.chunk(2)
-        return ou + guidance * (oc - ou)
+            out = net(xin, tt, cond).float()
+        else:
+            null = torch.full_like(cond, self.n_classes)
+            both = net(torch.cat([xin, xin]), torch.cat([tt, tt]), torch.cat([cond, null])).float()
+            oc, ou = both.chunk(2)
+            out = ou + guidance * (oc - ou)
+        return c_skip * x + c_out * out if obj == "edm" else out
 
     def _check_cond(self, n, cond, guidance):
         if cond is not None:
@@ -143,21 +250,31 @@ class Diffusion(GenerativeModel):
             raise ValueError(f"guidance must be >= 0, got {guidance}")
         return cond
 
-    def scheduler(self, sampler: str | None = None, steps: int | None = None, eta: float = 0.0):
+    def scheduler(self, sampler: str | None = None, steps: int | None = None, eta: float = 0.0,
+                  s_churn: float | None = None):
         """A fresh sampler of this model's schedule and prediction type (default: the config's sampler and steps)."""
         c = self.config
         sampler = sampler or c.sampler
+        clip = 1.0 if c.clip else None
+        if c.objective != "ddpm":
+            churn = c.s_churn if s_churn is None else s_churn
+            ode = dict(s_churn=churn, s_tmin=c.s_tmin, s_tmax=c.s_tmax, s_noise=c.s_noise) if churn else {}
+            return make_scheduler(sampler, self.schedule, clip=clip, steps=steps or c.sample_steps, **ode)
+        if s_churn:
+            raise ValueError("s_churn (stochastic sampling) is for the edm objective; use eta with ddim")
         if steps is None and sampler != "ddpm":
             steps = min(c.sample_steps, c.timesteps)
-        return make_scheduler(sampler, self.schedule, c.prediction, 1.0 if c.clip else None, steps, eta, c.variance)
+        return make_scheduler(sampler, self.schedule, c.prediction, clip, steps, eta, c.variance)
 
     @torch.inference_mode()
     def sample(self, n, *, cond=None, generator=None, sampler: str | None = None, steps: int | None = None,
-               eta: float = 0.0, guidance: float = 1.0, batch_size: int = 500, compile: bool = False,
-               callback=None):
-        """(n, C, H, W) in [0, 1]. `sampler`: "ddpm" (all T steps unless `steps`), "ddim" (`eta` 0: deterministic)
-        or "dpm++2m"; `guidance` > 1 strengthens the class `cond` (classifier-free guidance). A seeded `generator` gives
-        the same images every time. `callback(i, t, x_t, x0_hat)` sees every step (figures use it)."""
+               eta: float = 0.0, guidance: float = 1.0, s_churn: float | None = None, batch_size: int = 500,
+               compile: bool = False, callback=None):
+        """(n, C, H, W) in [0, 1]. `sampler`: for the ddpm objective "ddpm" (all T steps unless `steps`), "ddim"
+        (`eta` 0: deterministic) or "dpm++2m"; for edm and flow "heun" or "euler", `steps` counting network calls
+        (edm: `s_churn` > 0 for stochastic sampling). `guidance` > 1 strengthens the class `cond` (classifier-free
+        guidance). A seeded `generator` gives the same images every time. `callback(i, t, x_t, x0_hat)` sees every
+        network call (figures use it)."""
         c = self.config
         cond = self._check_cond(n, cond, guidance)
         if self.device.type == "cpu":
@@ -170,8 +287,11 @@ class Diffusion(GenerativeModel):
         x_all = randn((n, c.channels, c.image_size, c.image_size), generator, self.device)
         outs = []
         for start in range(0, n, batch_size):
-            sch = self.scheduler(sampler, steps, eta)
+            sch = self.scheduler(sampler, steps, eta, s_churn)
             x = x_all[start:start + batch_size]
+            scale = getattr(sch, "init_noise_sigma", 1.0)  # EDM starts at sigma_max: x = sigma_max z
+            if scale != 1.0:
+                x = scale * x
             y = cond[start:start + batch_size] if cond is not None else None
             for i, t in enumerate(sch.timesteps):
                 out = self.model_output(x, t, y, guidance, net)
@@ -183,6 +303,8 @@ class Diffusion(GenerativeModel):
 
     def preview(self, batch, generator):
         """Training grids: 36 samples with 10 DPM-Solver++ steps, cheap enough to draw often on a CPU."""
+        if self.config.objective != "ddpm":
+            return self.sample(36, generator=generator, steps=9)
         return self.sample(36, generator=generator, sampler="dpm++2m", steps=min(10, self.config.timesteps))
 
     # -- likelihood --------------------------------------------------------------------------------------------
@@ -194,8 +316,10 @@ class Diffusion(GenerativeModel):
         prior = KL(q(x_T|x_0) || N(0, I)); decoder = -log p(x_0 | x_1) (discretised Gaussian, eq. 13);
         diffusion = sum over t = 2..T of KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)). With `t_samples` = K the sum
         is estimated without bias from K stratified timesteps per image (one uniform draw in each of K equal strata,
-        each weighted by its stratum's size) instead of all T-1."""
+        each weighted by its stratum's size) instead of all T-1. DDPM objective only."""
         c, s = self.config, self.schedule
+        if c.objective != "ddpm":
+            raise NotImplementedError(f"the variational bound is the ddpm objective's; this model is {c.objective}")
         x0 = to_float(x_uint8.to(self.device), "-11")
         b, T = x0.shape[0], c.timesteps
         g = generator if generator is not None else torch.Generator().manual_seed(0)

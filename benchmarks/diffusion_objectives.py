@@ -1,0 +1,126 @@
+"""Diffusion objectives on MNIST at equal CPU budgets: EDM (Karras et al. 2022) and flow matching against DDPM.
+
+Every run: the same UNet (width 24, 627k parameters, as benchmarks/diffusion.py's DDPM run), batch 32, lr 1e-3
+constant after 100 warm-up steps, EMA 0.999, grad clip 1, fp32 (--precision), one thread; trained by the Trainer
+(`dgm.tasks.train`, so `--resume` continues exactly) for a step count. The budget is the run's process CPU time as the
+Trainer records it (config.json "progress": "cpu_seconds", previews included).
+Evaluation: samples from seeded noise (seed 0), bf16, the sampler and network-call count of each row; Inception FID
+(Inception in --precision, against a cached seeded MNIST train reference of --ref-n images; 10,000 is what
+`dgm evaluate` uses).
+Results go to benchmarks/results/<name>.{json,md}, rewritten after every row.
+
+    # pilot: two short runs, FID at N = 2,000 with 35 network calls each
+    OMP_NUM_THREADS=1 taskset -c 1 .venv/bin/python benchmarks/diffusion_objectives.py train --objective edm \
+        --steps 1850 --out runs/diffusion_edm
+    OMP_NUM_THREADS=1 taskset -c 1 .venv/bin/python benchmarks/diffusion_objectives.py eval --run runs/diffusion_edm \
+        --rows heun-35:2000 --name diffusion_pilot
+    # a longer run: the same command with more --steps resumes the run in --out exactly
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def cmd_train(a):
+    from dgm.tasks import train
+    out = Path(a.out)
+    resume = (out / "config.json").is_file()
+    t0 = time.process_time()
+    train("diffusion", a.data, steps=a.steps, out=out, data_dir=a.data_dir, progress=False, figures=a.figures,
+          resume=resume,
+          overrides={"objective": a.objective, "base_channels": str(a.base), "batch_size": str(a.batch_size),
+                     "precision": a.precision, "lr": str(a.lr), "ema_decay": str(a.ema), "warmup_steps": "100",
+                     "log_every": "50", "ckpt_every": "250", **dict(kv.split("=", 1) for kv in a.set)})
+    prog = json.loads((out / "config.json").read_text())["progress"]
+    print(json.dumps({"run": str(out), "steps": prog["steps"], "cpu_minutes": round(prog["cpu_seconds"] / 60, 2),
+                      "this_process_cpu_minutes": round((time.process_time() - t0) / 60, 2)}), flush=True)
+
+
+def cmd_eval(a):
+    from dgm.grids import save_grid
+    from dgm.io import load
+    from dgm.metrics import fid
+    run = Path(a.run)
+    model = load(run).eval()
+    cfg = json.loads((run / "config.json").read_text())
+    path = RESULTS / f"{a.name}.json"
+    res = json.loads(path.read_text()) if path.is_file() else {"rows": []}
+    inc = fid.load_inception(precision=a.precision)
+    t0 = time.process_time()
+    ref = fid.reference_stats(a.data, inc, "train", a.ref_n, data_dir=a.data_dir, seed=0, progress=False)
+    print(f"reference ready ({(time.process_time() - t0) / 60:.1f} CPU-min)", flush=True)
+    for row in a.rows.split(","):
+        spec, n = row.split(":")
+        sampler, calls = spec.rsplit("-", 1)
+        n, calls = int(n), int(calls)
+        g = torch.Generator().manual_seed(0)
+        t0 = time.process_time()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+            x = model.sample(n, generator=g, sampler=sampler, steps=calls, batch_size=500)
+        t_sample = time.process_time() - t0
+        save_grid(x[:64], run / f"bench_{sampler}-{calls}.png")
+        t0 = time.process_time()
+        f = fid.features(fid.to_uint8_images(x), inc, 50, progress=False)
+        score = fid.frechet_distance(ref["mu"], ref["sigma"], *fid.feature_stats(f))
+        r = {"run": str(run), "objective": cfg["model"].get("objective", "ddpm"), "sampler": sampler,
+             "network_calls": calls, "n": n, "inception_fid": round(float(score), 3),
+             "train_steps": cfg["progress"]["steps"], "train_cpu_minutes": round(cfg["progress"]["cpu_seconds"] / 60, 2),
+             "epochs": round(cfg["progress"]["steps"] * cfg["train"]["batch_size"] / 60_000, 2),
+             "sample_ms_per_image": round(1000 * t_sample / n, 1), "fid_cpu_seconds": round(time.process_time() - t0),
+             "protocol": f"Inception FID ({a.precision} Inception), N = {n} samples from seed 0 ({a.precision} "
+                         f"sampling), reference: MNIST train seeded subset of {ref['n']}; 1 thread"}
+        res["rows"].append(r)
+        print(json.dumps(r), flush=True)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(res, indent=2))
+        (RESULTS / f"{a.name}.md").write_text(table(res))
+
+
+def table(res) -> str:
+    lines = ["| run | objective | sampler | network calls | N | Inception FID | train steps | epochs | train CPU-min | "
+             "ms / image |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        lines.append(f"| {r['run']} | {r['objective']} | {r['sampler']} | {r['network_calls']} | {r['n']} | "
+                     f"{r['inception_fid']:.2f} | {r['train_steps']} | {r['epochs']} | {r['train_cpu_minutes']} | "
+                     f"{r['sample_ms_per_image']} |")
+    lines.append("")
+    lines.append("Protocol: " + (res["rows"][0]["protocol"] if res["rows"] else ""))
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("--objective", default="edm", choices=("ddpm", "edm", "flow"))
+    t.add_argument("--steps", type=int, required=True)
+    t.add_argument("--out", required=True)
+    t.add_argument("--base", type=int, default=24)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--ema", type=float, default=0.999)
+    t.add_argument("--figures", action="store_true")
+    t.add_argument("--set", action="append", default=[], help="extra key=value model/train options (fresh runs)")
+    e = sub.add_parser("eval")
+    e.add_argument("--run", required=True)
+    e.add_argument("--rows", default="heun-35:2000", help="SAMPLER-CALLS:N,...")
+    e.add_argument("--name", default="diffusion_objectives")
+    e.add_argument("--ref-n", type=int, default=10_000, help="reference images (seeded train subset, cached)")
+    for s in (t, e):
+        s.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                       help="fp32: this machine's CPU has no bf16 instructions (AVX2 only), where bf16 is ~8x slower")
+        s.add_argument("--data", default="mnist")
+        s.add_argument("--data-dir", default="../shared/data")
+    a = p.parse_args()
+    {"train": cmd_train, "eval": cmd_eval}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    main()
