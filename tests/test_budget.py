@@ -1,0 +1,155 @@
+"""benchmarks/budget.py (quality per CPU-minute): the harness on a tiny budget writes its table, plot and JSON with the
+expected cells, --resume skips finished cells and reuses finished metrics, a killed training resumes with
+`dgm train --resume`, and the protocol refuses an Inception FID on too few samples. No wall-clock assertions."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "budget.py"
+
+
+def load_budget():
+    spec = importlib.util.spec_from_file_location("budget", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def harness(tmp_path, *extra, check=True):
+    cmd = [sys.executable, str(SCRIPT), "--data", "digits", "--minutes", "0.05", "--families", "ae,vae",
+           "--fid", "none", "--n", "64", "--nll-k", "4", "--nll-n", "64", "--cluster-n", "64",
+           "--out", str(tmp_path / "out"), "--runs-dir", str(tmp_path / "runs"), *extra]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if check:
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r
+
+
+def state(tmp_path) -> dict:
+    return json.loads((tmp_path / "out" / "budget.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("budget")
+    harness(tmp)
+    return tmp
+
+
+def test_tiny_budget_writes_the_table(table):
+    s = state(table)
+    assert set(s["cells"]) == {"ae@0.05", "vae@0.05"}
+    vae, ae = s["cells"]["vae@0.05"], s["cells"]["ae@0.05"]
+    assert vae["done"] and ae["done"] and "error" not in vae and "error" not in ae
+    # each family's own number, with its protocol
+    assert set(vae["metrics"]) == {"nll"} and vae["metrics"]["nll"]["k"] == 4 and vae["metrics"]["nll"]["n"] == 64
+    assert set(ae["metrics"]) == {"cluster"} and 0 <= ae["metrics"]["cluster"]["value"] <= 1
+    # trained on the budget: stopped by it, at least the budget of process CPU time
+    for c in (vae, ae):
+        assert c["train"]["stopped_by"] == "budget"
+        assert c["train"]["cpu_seconds"] >= 0.05 * 60
+        assert c["train"]["steps"] > 0
+        assert "minutes=0.05" in c["train_command"]
+    assert s["resume_command"].endswith("--resume")
+    md = (table / "out" / "budget.md").read_text()
+    assert "| ae |" in md and "| vae |" in md and "0.05 CPU-min" in md
+    assert "k=4, 64 test" in md and "IWAE k = 4" in md
+    png = (table / "out" / "budget.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_resume_skips_finished_cells(table):
+    before = state(table)
+    cfg = table / "runs" / "vae_0p05min" / "config.json"
+    mtime = cfg.stat().st_mtime_ns
+    r = harness(table, "--resume")
+    after = state(table)
+    assert r.stdout.count("done, skipped") == 2
+    assert len(after.get("log", [])) == len(before.get("log", []))  # no training or evaluation process started
+    assert cfg.stat().st_mtime_ns == mtime
+    assert after["cells"]["vae@0.05"]["metrics"] == before["cells"]["vae@0.05"]["metrics"]
+    assert len(after["commands"]) == len(before["commands"]) + 1
+
+
+def test_resume_reuses_metrics_and_resumes_a_killed_training(table):
+    # A cell whose harness was killed after its training (not marked done): its metric is read back from eval.json.
+    s = state(table)
+    s["cells"]["ae@0.05"].pop("done")
+    s["cells"]["ae@0.05"]["metrics"] = {}
+    # A training that was killed: the run is unfinished (its last checkpoint is there).
+    cfg_path = table / "runs" / "vae_0p05min" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["status"] = "unfinished"
+    cfg_path.write_text(json.dumps(cfg))
+    s["cells"]["vae@0.05"].pop("done")
+    (table / "out" / "budget.json").write_text(json.dumps(s))
+    n_log = len(s.get("log", []))
+    harness(table, "--resume")
+    after = state(table)
+    new = [x["command"] for x in after["log"][n_log:]]
+    # the killed training resumed, then its metric was measured again on the new weights; nothing ran for the AE
+    assert len(new) == 2 and "--resume" in new[0] and "vae_0p05min" in new[0]
+    assert "_eval" in new[1] and "vae_0p05min" in new[1] and " nll " in new[1]
+    assert after["cells"]["ae@0.05"]["done"] and after["cells"]["ae@0.05"]["metrics"]["cluster"]["n"] == 64
+    assert after["cells"]["vae@0.05"]["done"]
+    assert json.loads(cfg_path.read_text())["status"] == "finished"
+
+
+def test_resume_under_another_protocol_measures_again(table):
+    n_log = len(state(table)["log"])
+    harness(table, "--resume", "--nll-k", "5")
+    after = state(table)
+    new = [x["command"] for x in after["log"][n_log:]]
+    assert len(new) == 1 and "_eval" in new[0] and " nll " in new[0]  # no training; the AE cell was skipped
+    assert after["cells"]["vae@0.05"]["metrics"]["nll"]["k"] == 5 and after["cells"]["vae@0.05"]["done"]
+
+
+def test_existing_table_needs_resume(table):
+    r = harness(table, check=False)
+    assert r.returncode != 0 and "--resume" in (r.stdout + r.stderr)
+
+
+def test_inception_fid_refuses_too_few_samples(tmp_path):
+    r = subprocess.run([sys.executable, str(SCRIPT), "--data", "digits", "--n", "64", "--out", str(tmp_path)],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "--n > 2048" in r.stderr
+    assert not (tmp_path / "budget.json").exists()
+
+
+def test_table_and_plot_with_fid_and_anchors(tmp_path):
+    b = load_budget()
+    fid = {"value": 40.0, "n": 2500, "precision": "bf16", "reference": "mnist train, seeded subset of 10000"}
+    cells = {}
+    for fam, vals in (("gan", (40.0, 20.0)), ("vae", (90.0, 70.0)), ("diffusers-ddpm", (120.0, 60.0))):
+        for m, v in zip((5, 15), vals):
+            cells[b.cell_id(fam, m)] = {"family": fam, "minutes": m, "done": True,
+                                        "metrics": {"fid": {**fid, "value": v}},
+                                        "train": {"steps": 100, "cpu_seconds": m * 60, "wall_seconds": m * 90}}
+    cells["vae@5"]["metrics"]["nll"] = {"value": 95.5, "stderr": 0.2, "k": 1000, "n": 10000}
+    st = {"protocol": {"data": "mnist", "fid": "Inception FID, N = 2500"}, "cells": cells, "commands": []}
+    md = b.render_md(st)
+    assert "FID **40.00** (N=2500, bf16)" in md and "NLL **95.50** ± 0.20 nats (k=1000, 10000 test)" in md
+    assert "| diffusers-ddpm |" in md and "5 CPU-min | 15 CPU-min" in md
+    b.plot(st, tmp_path / "p.png")
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_protocol_matching():
+    b = load_budget()
+    a = b.parse(["--out", "x", "--n", "2500", "--nll-k", "1000", "--nll-n", "10000"])
+    assert b.matches("fid", {"value": 1, "n": 2500, "precision": "bf16"}, a)
+    assert not b.matches("fid", {"value": 1, "n": 2500}, a)  # fp32: another protocol
+    assert not b.matches("fid", {"value": 1, "n": 10000, "precision": "bf16"}, a)
+    assert b.matches("nll", {"value": 1, "n": 10000, "k": 1000}, a)
+    assert not b.matches("nll", {"value": 1, "n": 1000, "k": 1000}, a)
+    assert not b.matches("nll", {"value": 1, "n": 10000, "k": 5000}, a)
+    assert b.matches("bpd", {"value": 1, "n": 1000, "timesteps": "50 stratified per image"}, a)
+    assert b.cell_metrics("diffusion", a) == ["bpd", "fid"] and b.cell_metrics("gan", a) == ["fid"]
+    assert b.cell_metrics("vae", a) == ["nll", "fid"] and b.cell_metrics("ae", b.parse(["--out", "x", "--fid", "none"])) == ["cluster"]
