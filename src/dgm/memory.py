@@ -12,9 +12,8 @@ def tune_allocator() -> bool:
     """Keep freed memory inside the process (glibc's malloc, Linux), once per process; returns whether it applied.
 
     By default glibc gives blocks over 128 KiB straight back to the OS and maps them afresh on the next allocation, so
-    every large activation of every step pays page faults and zero-filling. Keeping them made a small UNet's bf16
-    training step 1.11x faster on this 2-core CPU (one thread, 3 interleaved rounds) and a bf16 add over one
-    attention chunk 1.26x (benchmarks/allocator.py; BENCHMARKS.md). Raising the mmap threshold to its 32 MiB maximum and the trim threshold to 1 GiB lets those blocks be reused, as
+    every large activation of every step pays page faults and zero-filling; keeping them speeds up a small UNet's
+    training step (benchmarks/allocator.py; BENCHMARKS.md, "Speed notes"). Raising the mmap threshold to its 32 MiB maximum and the trim threshold to 1 GiB lets those blocks be reused, as
     jemalloc or tcmalloc would (the allocators PyTorch's CPU tuning guides suggest preloading). The cost: up to 1 GiB
     of freed memory stays with the process. DGM_MALLOC_TUNE=0 turns it off."""
     global _ALLOCATOR_TUNED

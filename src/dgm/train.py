@@ -180,8 +180,8 @@ def init_distributed(device: torch.device) -> None:
 
 def make_optimizer(cls, params, **options) -> torch.optim.Optimizer:
     """cls(params, fused=True, ...) where this torch supports it for these parameters (CPU since torch 2.4, CUDA), else
-    the default implementation. Same update up to float rounding; on this 2-core CPU the fused Adam step over the 17 M
-    parameters of benchmarks/compare's VAE takes 11 ms against 81 ms for the default per-parameter loop (one thread)."""
+    the default implementation. Same update up to float rounding, several times faster on a CPU (BENCHMARKS.md,
+    "Speed notes")."""
     params = list(params)
     try:
         return cls(params, fused=True, **options)
@@ -511,8 +511,8 @@ class Trainer:
             if lock is not None:
                 lock.release()
 
-    def _fit(self, resume: bool, stop_at: int | None):
-        c, model = self.cfg, self.model
+    def _start(self, resume: bool) -> None:
+        """Claim the folder (refuse to replace a run without overwrite), restore a checkpoint, mark the run unfinished."""
         if self.rank == 0 and not resume:
             old = self.holds_run()
             if old and not self.overwrite:
@@ -530,6 +530,43 @@ class Trainer:
             save(self.eval_model, self.out, weights_only=True)
         if self.on_start is not None and self.rank == 0:
             self.on_start()
+
+    def _train_step(self, sums: dict[str, float], counts: dict[str, int]) -> int:
+        """One optimisation step over every phase (learning rate, phases, EMA); returns the images it saw."""
+        model, seen = self.model, 0
+        f = self.lr_factor(self.step)
+        for p, o in self.opts.items():
+            for g, base in zip(o.param_groups, self.base_lrs[p]):
+                g["lr"] = base * f
+        model.step = self.step
+        for phase in model.phases:
+            for _ in range(model.phase_repeats.get(phase, 1)):
+                batch = self.to_device(self.batches.get(self.draw))
+                self.draw += 1
+                seen += batch[0].shape[0] * self.world
+                out = self.train_phase(phase, batch)
+                for k, v in out.items():
+                    key = log_key(model.phases, phase, k)
+                    sums[key] = sums.get(key, 0.0) + float(v)
+                    counts[key] = counts.get(key, 0) + 1
+        if self.ema is not None:
+            self.update_ema()
+        self.step += 1
+        return seen
+
+    def _stop_reason(self, stop: bool) -> str | None:
+        """Why the loop ends before the next step (a signal, the step count, the budget), or None to go on."""
+        if stop:
+            return signal.Signals(self._signal or signal.SIGTERM).name
+        if self.total is not None and self.step >= self.total:
+            return "steps"
+        if self.budget is not None and self.cpu_seconds >= self.budget:
+            return "budget"
+        return None
+
+    def _fit(self, resume: bool, stop_at: int | None):
+        c, model = self.cfg, self.model
+        self._start(resume)
         budget, total = self.budget, self.total
         sample_every = c.sample_every or (max(1, total // 8) if total is not None and budget is None else 0)
         next_grid = math.floor(self.budget_fraction() * 8 + 1e-9) + 1  # budget runs: the next eighth for a grid
@@ -546,35 +583,12 @@ class Trainer:
         try:
             stop = self._tick(clock=False)  # a signal during set-up
             while True:
-                if stop:
-                    self.stopped_by = signal.Signals(self._signal or signal.SIGTERM).name
-                    break
-                if total is not None and self.step >= total:
-                    self.stopped_by = "steps"
-                    break
-                if budget is not None and self.cpu_seconds >= budget:
-                    self.stopped_by = "budget"
+                self.stopped_by = self._stop_reason(stop)
+                if self.stopped_by:
                     break
                 if stop_at is not None and self.step >= stop_at:
                     return model
-                f = self.lr_factor(self.step)
-                for p, o in self.opts.items():
-                    for g, base in zip(o.param_groups, self.base_lrs[p]):
-                        g["lr"] = base * f
-                model.step = self.step
-                for phase in model.phases:
-                    for _ in range(model.phase_repeats.get(phase, 1)):
-                        batch = self.to_device(self.batches.get(self.draw))
-                        self.draw += 1
-                        seen += batch[0].shape[0] * self.world
-                        out = self.train_phase(phase, batch)
-                        for k, v in out.items():
-                            key = log_key(model.phases, phase, k)
-                            sums[key] = sums.get(key, 0.0) + float(v)
-                            counts[key] = counts.get(key, 0) + 1
-                if self.ema is not None:
-                    self.update_ema()
-                self.step += 1
+                seen += self._train_step(sums, counts)
                 stop = self._tick()
                 if self.step % c.log_every == 0:
                     self._log(log_f, bar, sums, counts, seen, time.perf_counter() - t0)
