@@ -3,6 +3,10 @@
 loss = reconstruction + beta * KL(q(z|x) || N(0, I)), each summed over dimensions per example and averaged over the
 batch. The sample z = mu + sigma * eps (the reparameterisation trick, K&W sec. 2.4) lets the error flow back into the
 encoder through a random draw.
+
+`objective="iwae"` trains on the importance-weighted bound instead (Burda et al. 2015, eq. 8):
+L_k = log (1/k) sum_i p(x, z_i) / q(z_i|x), z_i ~ q(z|x) reparameterised, k = `iwae_k`; L_1 is the one-sample ELBO
+(with a Monte Carlo KL), and L_k tightens as k grows. The same importance weights give `nll` (k = 5000 by default).
 """
 from __future__ import annotations
 
@@ -39,6 +43,8 @@ class VAEConfig(ImageConfig):
     capacity_max: float = 0.0                # > 0: Burgess et al. 2018 objective gamma * |KL - C|, C annealed to this
     capacity_steps: int = 100_000            # steps over which C grows linearly from 0 to capacity_max
     gamma: float = 1000.0
+    objective: str = "elbo"                  # "elbo" or "iwae" (the k-sample bound of Burda et al. 2015 as the loss)
+    iwae_k: int = 5                          # importance samples per image for objective="iwae"
 
 
 @register("vae")
@@ -50,6 +56,11 @@ class VAE(GenerativeModel):
         c = config
         if c.likelihood not in ("bernoulli", "gaussian"):
             raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {c.likelihood!r}")
+        if c.objective not in ("elbo", "iwae"):
+            raise ValueError(f"objective must be 'elbo' or 'iwae', got {c.objective!r}")
+        if c.objective == "iwae" and (c.iwae_k < 1 or c.beta != 1.0 or c.capacity_max > 0):
+            raise ValueError(f"objective='iwae' is the bound itself: it needs iwae_k >= 1 (got {c.iwae_k}) and no "
+                             f"beta or capacity (got beta={c.beta}, capacity_max={c.capacity_max})")
         self.encoder, self.decoder = make_encoder_decoder(
             c.arch, c.channels, c.image_size, c.conv_channels, c.mlp_hidden, 2 * c.latent_dim, c.latent_dim,
             conv_kernel=c.conv_kernel, deconv_kernel=c.deconv_kernel, conv_norm=c.conv_norm, conv_act=c.conv_act,
@@ -83,11 +94,12 @@ class VAE(GenerativeModel):
         return self.decode(self.encode(x))
 
     def log_likelihood(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """log p(x | z) summed over pixels, (B,)."""
-        if self.config.likelihood == "bernoulli":
-            return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
+        """log p(x | z) summed over pixels: x (B, C, H, W), logits (..., B, C, H, W) -> (..., B), broadcast over the
+        leading dimensions (importance samples) without copying x."""
+        if self.config.likelihood == "bernoulli":  # x l - softplus(l) = -BCE(l, x)
+            return (x * logits - F.softplus(logits)).flatten(-3).sum(-1)
         mean, ls = torch.sigmoid(logits), self.log_sigma
-        return (-0.5 * (LOG2PI + 2 * ls + ((x - mean) / ls.exp()).pow(2))).flatten(1).sum(1)
+        return (-0.5 * (LOG2PI + 2 * ls + ((x - mean) / ls.exp()).pow(2))).flatten(-3).sum(-1)
 
     def terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-example ELBO terms: recon = -log p(x|z) at one reparameterised z, kl (B,), and mu (B, D)."""
@@ -96,10 +108,24 @@ class VAE(GenerativeModel):
         recon = -self.log_likelihood(x, self.decoder(z))
         return {"recon": recon, "kl": gaussian_kl(mu, logvar).sum(1), "mu": mu}
 
+    def importance_terms(self, x: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
+        """k reparameterised draws z_i ~ q(z|x) per example: log_w = log p(x|z_i) + log p(z_i) - log q(z_i|x) and
+        log_px = log p(x|z_i), each (k, B), float32 also under autocast; and mu, logvar (B, D)."""
+        mu, logvar = (t.float() for t in self.posterior(x))
+        z = mu + (0.5 * logvar).exp() * torch.randn((k,) + mu.shape, device=mu.device)   # (k, B, D)
+        logits = self.decoder(z.flatten(0, 1)).float().unflatten(0, (k, len(x)))
+        log_px = self.log_likelihood(x, logits)
+        zero = torch.zeros((), device=z.device)
+        log_w = log_px + gaussian_log_prob(z, zero, zero) - gaussian_log_prob(z, mu, logvar)
+        return {"log_w": log_w, "log_px": log_px, "mu": mu, "logvar": logvar}
+
     # -- the contract ----------------------------------------------------------------------------------------
     def loss(self, batch, phase="main"):
         c = self.config
-        t = self.terms(self.prepare(batch[0]))
+        x = self.prepare(batch[0])
+        if c.objective == "iwae":
+            return self.iwae_loss(x, c.iwae_k)
+        t = self.terms(x)
         recon, kl = t["recon"].mean(), t["kl"].mean()
         if c.capacity_max > 0:
             cap = c.capacity_max * min(1.0, self.step / max(1, c.capacity_steps))
@@ -110,6 +136,15 @@ class VAE(GenerativeModel):
         active = (t["mu"].detach().var(0) > 0.01).sum() if len(t["mu"]) > 1 else torch.zeros(())
         return {"loss": loss, "recon": recon.detach(), "kl": kl.detach(), "elbo": -(recon + kl).detach(),
                 "active_units": active.float()}
+
+    def iwae_loss(self, x: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
+        """-L_k averaged over the batch (Burda et al. 2015, eq. 8), plus the usual logs from the same draws."""
+        t = self.importance_terms(x, k)
+        bound = torch.logsumexp(t["log_w"], 0) - math.log(k)                     # (B,)
+        kl = gaussian_kl(t["mu"], t["logvar"]).sum(1).mean()
+        active = (t["mu"].detach().var(0) > 0.01).sum() if len(x) > 1 else torch.zeros(())
+        return {"loss": -bound.mean(), "iwae": bound.mean().detach(), "recon": -t["log_px"].mean().detach(),
+                "kl": kl.detach(), "elbo": t["log_w"].mean().detach(), "active_units": active.float()}
 
     @torch.inference_mode()
     def sample(self, n, *, cond=None, generator=None):
@@ -131,21 +166,12 @@ class VAE(GenerativeModel):
         """Importance-weighted estimate of -log p(x) (IWAE, Burda et al. 2015, eq. 8) per example, nats, (B,).
 
         log p(x) ~= logsumexp_i [log p(x|z_i) + log p(z_i) - log q(z_i|x)] - log k, z_i ~ q(z|x). With k = 1 it is the
-        ELBO in expectation; it tightens as k grows. The k samples are processed `chunk` at a time.
+        ELBO in expectation; it tightens as k grows. The k samples are processed `chunk` at a time (chunk x B decoder
+        rows), the chunks combined in float64.
         """
-        mu, logvar = self.posterior(x)
-        std = (0.5 * logvar).exp()
-        parts = []
-        for start in range(0, k, chunk):
-            m = min(chunk, k - start)
-            z = mu.unsqueeze(0) + std.unsqueeze(0) * torch.randn(m, *mu.shape, device=mu.device)  # (m, B, D)
-            zf = z.flatten(0, 1)
-            logits = self.decoder(zf)
-            log_px = self.log_likelihood(x.repeat(m, 1, 1, 1), logits).view(m, -1)
-            log_pz = gaussian_log_prob(z, torch.zeros_like(z), torch.zeros_like(z))
-            log_qz = gaussian_log_prob(z, mu.unsqueeze(0), logvar.unsqueeze(0))
-            parts.append(torch.logsumexp(log_px + log_pz - log_qz, dim=0))  # (B,)
-        return -(torch.logsumexp(torch.stack(parts), dim=0) - math.log(k))
+        parts = [torch.logsumexp(self.importance_terms(x, min(chunk, k - s))["log_w"].double(), 0)
+                 for s in range(0, k, chunk)]
+        return -(torch.logsumexp(torch.stack(parts), 0) - math.log(k)).float()
 
 
 @dataclass
