@@ -386,7 +386,7 @@ def _args_demo(s):
     s.add_argument("--jobs", type=int, default=2, help="runs trained at once, one process of one thread each "
                                                        "(default 2; 1: one after another in this process)")
     s.add_argument("--scale", type=float, default=1.0, help="multiply every run's CPU-time budget (default 1: "
-                                                            "about 6 CPU-minutes of training in all)")
+                                                            "6.7 CPU-minutes of training in all)")
     s.add_argument("--steps", type=int, help="train every run this many steps instead of on a CPU-time budget")
     s.add_argument("--only", metavar="PARTS", help="comma-separated subset: ae,vae,beta_vae,gan,cyclegan,diffusion")
     s.add_argument("-q", "--quiet", action="store_true", help="print only where the page is")

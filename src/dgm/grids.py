@@ -41,6 +41,74 @@ def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int = 8, min_
     return path
 
 
+def font(size: int = 14):
+    """PIL's bundled scalable font at `size` pixels (Pillow >= 10.1), else its small bitmap font."""
+    from PIL import ImageFont
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # older Pillow: no sizes
+        return ImageFont.load_default()
+
+
+def labelled_grid(images: torch.Tensor, nrow: int = 8, *, title: str = "", row_labels: list[str] | None = None,
+                  col_labels: list[str] | None = None, min_size: int = 512, pad: int = 2, font_size: int = 14,
+                  label_width: int | None = None):
+    """A grid of images (as `save_grid` draws it) framed with a title above, one label per row on the left and one
+    per column on top. Returns a PIL image (RGB); labels that are None or empty leave their band out."""
+    from PIL import Image, ImageDraw
+    n, _, h, w = images.shape
+    ncol = min(nrow, n)
+    grid = to_pil(make_grid(images, ncol, pad), min_size).convert("RGB")
+    k = grid.width / (ncol * (w + pad) + pad)  # the upscaling factor
+    f, small = font(font_size), font(max(9, font_size - 3))
+    draw0 = ImageDraw.Draw(grid)
+    text_w = lambda t, fnt: draw0.textlength(t, font=fnt)  # noqa: E731
+    left = 0
+    if row_labels:
+        left = label_width or int(max(text_w(t, small) for t in row_labels) + 12)
+    col_h = int(font_size * 1.6) if col_labels else 0
+    title_h = int(font_size * 2.0) if title else 0
+    width = left + grid.width
+    if title:
+        # Wrap a long title to the canvas width (word by word).
+        lines, line = [], ""
+        for word in title.split():
+            cand = f"{line} {word}".strip()
+            if line and text_w(cand, f) > width - 12:
+                lines.append(line)
+                line = word
+            else:
+                line = cand
+        lines.append(line)
+        title_h = int(font_size * 1.35 * len(lines) + font_size * 0.7)
+    canvas = Image.new("RGB", (width, title_h + col_h + grid.height), "white")
+    canvas.paste(grid, (left, title_h + col_h))
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        for i, ln in enumerate(lines):
+            draw.text((width / 2, font_size * 0.4 + i * font_size * 1.35), ln, fill="black", font=f, anchor="ma")
+    if col_labels:
+        for j, t in enumerate(col_labels[:ncol]):
+            if t:
+                x = left + (pad + j * (w + pad) + w / 2) * k
+                draw.text((x, title_h + col_h - 3), str(t), fill=(60, 60, 60), font=small, anchor="md")
+    if row_labels:
+        rows = -(-n // ncol)
+        for i, t in enumerate(row_labels[:rows]):
+            if t:
+                y = title_h + col_h + (pad + i * (h + pad) + h / 2) * k
+                draw.text((left - 6, y), str(t), fill=(60, 60, 60), font=small, anchor="rm")
+    return canvas
+
+
+def save_labelled_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int = 8, **labels) -> Path:
+    """`labelled_grid` written to a PNG; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    labelled_grid(images, nrow, **labels).save(path)
+    return path
+
+
 def save_gif(frames: list[torch.Tensor], path: str | os.PathLike, duration_ms: int = 80, min_size: int = 256) -> Path:
     """Frames: list of (C, H, W) in [0, 1] -> looping animated GIF."""
     pils = [to_pil(f, min_size).convert("P") for f in frames]

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from dgm.data import ImageData, to_float
-from dgm.grids import make_grid, save_gif, to_pil
+from dgm.grids import make_grid, save_gif, save_labelled_grid
 
 
 @torch.inference_mode()
@@ -71,33 +71,24 @@ def traversal_images(model, data: ImageData, seed_index: int | None = None, step
     return torch.stack(rows), order, score, name, x.cpu()[0]
 
 
-def _labelled(grid_img, labels: list[str], row_h: float, top: int, width: int = 120):
-    """Put a text column to the left of a PIL grid: one label per row."""
-    from PIL import Image, ImageDraw
-    canvas = Image.new("RGB", (grid_img.width + width, grid_img.height), "white")
-    canvas.paste(grid_img.convert("RGB"), (width, 0))
-    draw = ImageDraw.Draw(canvas)
-    for i, text in enumerate(labels):
-        draw.text((6, top + row_h * i + row_h / 2 - 6), text, fill="black")
-    return canvas
-
-
 def write_traversal(model, path: str | os.PathLike, data: ImageData, seed_index: int | None = None, steps: int = 10,
                     limit: float = 3.0, dims: int | None = None, gif: bool = True) -> list[Path]:
-    """Write the traversal grid (PNG, rows labelled with the dimension and its KL) and an animated GIF beside it
-    (each frame shows every dimension at one value, sweeping -limit -> limit -> -limit). Returns the paths."""
+    """Write the traversal grid (PNG: rows labelled with the dimension and its KL, columns with the value, a title
+    saying what is held fixed) and an animated GIF beside it (each frame shows every dimension at one value,
+    sweeping -limit -> limit -> -limit). Returns the paths."""
     if not {"encode", "decode"} <= model.capabilities():
         raise ValueError(f"a {getattr(model, 'family', type(model).__name__)} model has no latent space to traverse")
     imgs, order, score, name, seed = traversal_images(model, data, seed_index, steps, limit, dims)
     rows, n, c, h, w = imgs.shape
     pad = 2
-    grid = make_grid(imgs.flatten(0, 1), nrow=n, pad=pad)
-    scale = max(1, -(-512 // grid.shape[-1]))
-    pil = to_pil(grid, grid.shape[-1] * scale)
     labels = [f"z{d}  {name}={s:.2f}" for d, s in zip(order, score)]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _labelled(pil, labels, (h + pad) * scale, pad * scale).save(path)
+    unit = "prior std" if "posterior" in model.capabilities() else "code std"
+    cols = [f"{v:+.1f}" for v in torch.linspace(-limit, limit, n).tolist()]
+    where = "a typical test image" if seed_index is None else f"test image {seed_index}"
+    title = (f"{getattr(model, 'family', type(model).__name__)}: latent traversal around {where}: each row moves one "
+             f"dimension from -{limit:g} to +{limit:g} {unit} (columns), the others stay at the image's code")
+    path = save_labelled_grid(imgs.flatten(0, 1), path, nrow=n, pad=pad, row_labels=labels, col_labels=cols,
+                              title=title)
     out = [path]
     if gif:
         # Frame j: all traversed dimensions side by side at value t_j, the seed image first for reference.
