@@ -25,7 +25,8 @@ Outputs (written after every step, so a killed harness loses at most the step un
 `--resume` continues a partial table: finished cells are skipped, a metric already in the run's eval.json with the
 same protocol is reused, and a training that was killed continues with `dgm train --resume` from its checkpoint.
 
-  python benchmarks/budget.py --data mnist --minutes 5,15,60 --families ae,vae,gan,diffusion --data-dir ../shared/data \\
+  python benchmarks/budget.py --data mnist --minutes 5,15,60 --families ae,vae,gan,diffusion \\
+      --data-dir ../shared/data \\
       --cores 0 --out benchmarks/results/budget_mnist
   python benchmarks/budget.py ... --resume                        # the same command, continued
 """
@@ -414,6 +415,19 @@ def render_md(state: dict) -> str:
                 parts.append("(unfinished)")
             row.append("<br>".join(parts))
         lines.append(f"| {f} | " + " | ".join(row) + " |")
+    lines += ["", "Each family's defaults for this dataset, as its run's config.json records them "
+                  "(model; training):", ""]
+    seen = set()
+    for c in cells.values():
+        cfg = c.get("config") or {}
+        if c["family"] in seen or not cfg:
+            continue
+        seen.add(c["family"])
+        model = {k: v for k, v in (cfg.get("model") or {}).items()
+                 if k not in ("channels", "image_size", "num_classes")}
+        train = {k: v for k, v in (cfg.get("train") or {}).items() if v is not None}
+        lines.append(f"- **{c['family']}**: {json.dumps(model, separators=(',', ':'))}; "
+                     f"{json.dumps(train, separators=(',', ':'))}")
     lines += ["", "Commands (resume with the last line):", "", "```"]
     lines += [x["command"] for x in state.get("commands", [])]
     lines += [state.get("resume_command", ""), "```", "", "Per-cell training commands:", "", "```"]
@@ -444,10 +458,12 @@ def plot(state: dict, path: Path) -> None:
         key, label, lower = KEYS[m]
         fams = list(dict.fromkeys(c["family"] for c in cells if m in c["metrics"]))
         for f in fams:
-            pts = sorted((c["minutes"], c["metrics"][m]["value"]) for c in cells if c["family"] == f and m in c["metrics"])
-            ax.plot([x for x, _ in pts], [y for _, y in pts], "--" if f in ANCHORS else "-", marker="o", color=colour[f],
-                    label=f + (" (anchor)" if f in ANCHORS else ""))
-            for x, y in pts:
+            pts = sorted((c["minutes"], c["metrics"][m]["value"], c["metrics"][m].get("stderr") or 0.0)
+                         for c in cells if c["family"] == f and m in c["metrics"])
+            ax.errorbar([x for x, _, _ in pts], [y for _, y, _ in pts], yerr=[e for _, _, e in pts], capsize=3,
+                        linestyle="--" if f in ANCHORS else "-", marker="o", color=colour[f],
+                        label=f + (" (anchor)" if f in ANCHORS else ""))
+            for x, y, _ in pts:
                 ax.annotate(f"{y:.0%}" if m == "cluster" else f"{y:.3g}", (x, y), textcoords="offset points",
                             xytext=(5, 3), fontsize=8, color=colour[f])
         ax.set_xscale("log")
@@ -495,20 +511,53 @@ def eval_worker(argv: list[str]) -> None:
 
 
 def reference_worker(argv: list[str]) -> None:
-    """`budget.py _reference DATA PRECISION [INCEPTION] [--data-dir D]`: the FID reference statistics, cached exactly
-    as dgm.metrics.sample_quality.fid_record looks them up (train split, 10,000, seed 0, batch 50)."""
+    """`budget.py _reference DATA PRECISION [INCEPTION] [--data-dir D] [--parts DIR]`: the FID reference statistics,
+    cached exactly where and how dgm.metrics.fid.reference_stats keeps them (train split, the seeded 10,000, seed 0,
+    batches of 50), computed one batch (50 images) at a time, each saved under --parts, so that a killed computation
+    (~11 CPU-minutes on a quiet thread) continues where it stopped. The features are those of one reference_stats
+    call: the same images in the same batches of 50."""
     p = argparse.ArgumentParser(prog="budget.py _reference")
     p.add_argument("data")
     p.add_argument("precision")
     p.add_argument("inception", nargs="?", default="")
     p.add_argument("--data-dir")
+    p.add_argument("--parts", default=str(ROOT / "runs" / "fid_reference_parts"),
+                   help="folder for the chunks (default runs/fid_reference_parts; empty: one reference_stats call)")
     a = p.parse_args(argv)
-    from dgm.data import load_dataset
+    import numpy as np
+    from dgm.data import data_root, load_dataset
     from dgm.metrics import fid
+    n, seed, bs, chunk = 10_000, 0, 50, 50  # one file per batch of 50: a kill loses one batch
     size = load_dataset(a.data, "test", data_dir=a.data_dir).images.shape[-1]
     ext = fid.load_inception(a.inception or None, device="cpu", precision=a.precision)
-    ref = fid.reference_stats(a.data, ext, "train", 10_000, data_dir=a.data_dir, image_size=size, seed=0,
-                              batch_size=50)
+    data = load_dataset(a.data, "train", data_dir=a.data_dir, image_size=size)
+    key = f"{a.data.replace(':', '_').replace('/', '_')}_train_{data.images.shape[-1]}_n{n}_s{seed}_" \
+          f"{getattr(ext, 'cache_key', ext.checksum[:16])}"
+    path = data_root(None) / "fid_stats" / f"{key}.npz"
+    if not path.is_file() and a.parts:
+        import fcntl
+        parts = Path(a.parts) / key
+        parts.mkdir(parents=True, exist_ok=True)
+        lock = open(parts / "lock", "a+")
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # a second worker waits, then finds the chunks done
+        idx = fid.reference_subset(len(data), n, seed)
+        for i in range(0, len(idx), chunk):
+            f = parts / f"{i:05d}_{chunk}.npy"
+            if f.is_file():
+                continue
+            feats = fid.features(data.images[idx[i:i + chunk]], ext, bs, progress=False)
+            print(f"reference features {i + chunk}/{len(idx)}", flush=True)
+            with open(f.with_suffix(".tmp"), "wb") as fh:
+                np.save(fh, feats)
+            os.replace(f.with_suffix(".tmp"), f)
+        allf = np.concatenate([np.load(parts / f"{i:05d}_{chunk}.npy") for i in range(0, len(idx), chunk)])
+        mu, sigma = fid.feature_stats(allf)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_suffix(".tmp"), "wb") as fh:
+            np.savez(fh, mu=mu, sigma=sigma, n=len(allf))
+        os.replace(path.with_suffix(".tmp"), path)
+    ref = fid.reference_stats(a.data, ext, "train", n, data_dir=a.data_dir, image_size=size, seed=seed,
+                              batch_size=bs)  # a cache hit when the chunks made it; the same key either way
     print(json.dumps({k: v for k, v in ref.items() if k not in ("mu", "sigma")}, default=str))
 
 

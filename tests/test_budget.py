@@ -152,4 +152,5 @@ def test_protocol_matching():
     assert not b.matches("nll", {"value": 1, "n": 10000, "k": 5000}, a)
     assert b.matches("bpd", {"value": 1, "n": 1000, "timesteps": "50 stratified per image"}, a)
     assert b.cell_metrics("diffusion", a) == ["bpd", "fid"] and b.cell_metrics("gan", a) == ["fid"]
-    assert b.cell_metrics("vae", a) == ["nll", "fid"] and b.cell_metrics("ae", b.parse(["--out", "x", "--fid", "none"])) == ["cluster"]
+    assert b.cell_metrics("vae", a) == ["nll", "fid"]
+    assert b.cell_metrics("ae", b.parse(["--out", "x", "--fid", "none"])) == ["cluster"]
