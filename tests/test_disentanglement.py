@@ -188,4 +188,4 @@ def test_cli_traverse(tmp_path, capsys):
     assert (run / "traversal.png").is_file() and not (run / "traversal.gif").exists()
     with pytest.raises(SystemExit) as e:
         main(["traverse", str(run), "--steps", "1"])
-    assert e.value.code == 2 and "steps must be >= 2" in capsys.readouterr().err
+    assert e.value.code == 2 and "--steps: must be >= 2" in capsys.readouterr().err

@@ -85,8 +85,7 @@ def _fail(msg: str, code: int = 2):
 
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2, no usage dump
-        # "argument --steps: must be >= 2" -> "argument --steps must be >= 2": the option and its rule read as one.
-        _fail(f"{message.replace(': must be', ' must be')} (see: {self.prog} --help)")
+        _fail(f"{message} (see: {self.prog} --help)")
 
 
 # -- argument types: refused by argparse in one line, before anything runs ----------------------------------------
