@@ -83,7 +83,7 @@ def test_console_script_help_has_examples():
 
 
 def test_demo_runs_small(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--steps", "30", "-q"]) == 0
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--only", "ae", "--steps", "2", "--jobs", "1", "-q"]) == 0
     out = capsys.readouterr().out
     assert "index.html" in out and "dgm serve" in out  # the page to open, and the studio over the same runs
     assert (tmp_path / "demo" / "index.html").is_file() and (tmp_path / "demo" / "summary.png").is_file()

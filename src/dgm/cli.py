@@ -161,7 +161,8 @@ def cmd_train(a):
                 overrides=_overrides(a.set), resume=a.resume, overwrite=a.overwrite, device=a.device,
                 data_dir=a.data_dir, image_size=a.image_size, progress=not a.quiet,
                 say=lambda line: print(f"dgm: {line}", file=sys.stderr))
-    print(f"run written to {out}  (figures: {out}/*.png, weights: {out}/model.safetensors)")
+    from dgm.figures.health import last_line
+    print(last_line(out))  # "run written to ..." or what is degenerate about the model
 
 
 def _load(a, *needs: str, why: str = ""):
@@ -442,7 +443,7 @@ COMMANDS = [
     ("traverse", cmd_traverse, "latent traversals: one row per latent dimension (sorted by KL), a grid + GIF",
      _args_traverse),
     ("evaluate", cmd_evaluate, "measure a run; results go to RUN/eval.json and a table", _args_evaluate),
-    ("demo", cmd_demo, "train a small VAE on the embedded digits and write every figure (~1 minute)", _args_demo),
+    ("demo", cmd_demo, "the lecture in minutes: six families on real MNIST digits, one page (runs/demo/index.html)", _args_demo),
     ("serve", cmd_serve, "dgm studio: a browser page to sample, explore latents, reconstruct and translate",
      _args_serve),
     ("translate", cmd_translate, "translate images with a trained CycleGAN (A to B or B to A)", _args_translate),

@@ -14,7 +14,7 @@ _LOADERS: dict[str, Loader] = {}
 _PATH_LOADERS: set[str] = set()  # loaders addressed as "name:PATH"
 # Optional modules that register more datasets; imported on first look-up so `import dgm.data`
 # stays light and a module not written yet is simply absent.
-_PLUGINS = ("dgm.data.dsprites", "dgm.data.unpaired")
+_PLUGINS = ("dgm.data.dsprites", "dgm.data.unpaired", "dgm.data.mnist_mini")
 SPLITS = ("train", "test")
 
 
