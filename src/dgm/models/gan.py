@@ -1,4 +1,4 @@
-"""Generative adversarial networks (Goodfellow et al. 2014) with a DCGAN or MLP body and the losses that work.
+"""Generative adversarial networks (Goodfellow et al. 2014) with a DCGAN, ResNet or MLP body and the losses that work.
 
 The game: a discriminator D tells training images from a generator's images G(z), z ~ N(0, I), and G learns to fool
 it. One training step runs the phases ("d", "g"): `n_critic` discriminator updates, then one generator update.
@@ -10,6 +10,8 @@ With D's logits r = D(x) on real and f = D(G(z)) on generated images (per exampl
   hinge     (Lim & Ye 2017; Miyato 2018) L_D = relu(1 - r) + relu(1 + f)     L_G = -f
   wgan-gp   (Gulrajani et al. 2017, alg. 1) L_D = f - r + lambda (||grad_xhat D(xhat)|| - 1)^2,
             xhat = eps x + (1 - eps) G(z), eps ~ U[0, 1]                      L_G = -f
+  rpgan     (Huang et al. 2024, R3GAN eq. 2; Jolicoeur-Martineau 2019) pairs the i-th real with the i-th generated
+            image:                     L_D = softplus(f_i - r_i)              L_G = softplus(r_i - f_i)
 
 The minimax G loss saturates (its gradient vanishes when D rejects fakes confidently): the non-saturating form has the
 same fixed point and strong gradients early, hence the default. Stabilisers: spectral normalisation of D's layers
@@ -17,9 +19,17 @@ same fixed point and strong gradients early, hence the default. Stabilisers: spe
 (the Trainer's `ema_decay`; only G's average is used to sample), class conditioning (one-hot label appended to z in G;
 projection discriminator of Miyato & Koyama 2018 in D).
 
+Regularising D (Mescheder et al. 2018): R1 = gamma_1 / 2 E_x ||grad_x D(x)||^2 on real images (`r1=gamma_1`) and R2,
+the same on generated ones (`r2=gamma_2`), both zero-centred, added to L_D; R3GAN = rpgan + R1 + R2. Lazy
+regularisation (Karras et al. 2020, StyleGAN2 sec. 3.1): with `reg_every=k` the penalties are computed only at steps
+divisible by k and weighted by k, which saves most of their double backward. DiffAugment (Zhao et al. 2020,
+dgm.nn.diffaugment): `augment=translation,cutout` transforms real and generated images alike before every D call (in
+both phases, differentiably), never when sampling. `arch=resnet` is the residual G / D of dgm.nn.gan_resnet.
+
 Watching the game: the "d" phase logs d_real / d_fake (mean D(x) and D(G(z)): probabilities for minimax / ns, which head
 to 0.5 when D can no longer tell; raw outputs for the other losses) and d_auc = P(D(x) > D(G(z))) over all real/fake
-pairs of the batch (0.5: cannot tell; 1: D wins outright), whatever the loss. `figures` draws them in dx.png and warns
+pairs of the batch (0.5: cannot tell; 1: D wins outright), whatever the loss; with R1 / R2 also grad2_real / grad2_fake
+= E||grad_x D||^2 (on the steps that compute them). `figures` draws them in dx.png and warns
 when the generator collapses (dgm.figures.gan, dgm.metrics.gan_health).
 """
 from __future__ import annotations
@@ -32,18 +42,23 @@ from torch import nn
 
 from dgm.data import to_float
 from dgm.models.base import GenerativeModel, ImageConfig, randn
-from dgm.nn.dcgan import (DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator, dcgan_init)
+from dgm.nn.dcgan import (DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator, dcgan_init,
+                          kaiming_init)
+from dgm.nn.diffaugment import diff_augment, parse_policy
+from dgm.nn.gan_resnet import ResNetDiscriminator, ResNetGenerator
 from dgm.registry import register
 
-LOSSES = ("minimax", "ns", "lsgan", "hinge", "wgan-gp")
+LOSSES = ("minimax", "ns", "lsgan", "hinge", "wgan-gp", "rpgan")
 PROBABILITY_LOSSES = ("minimax", "ns")  # D's output is a logit of P(real): report sigmoid(D)
+RELATIVISTIC_LOSSES = ("rpgan",)  # only D(x) - D(G(z)) counts: the raw d_real / d_fake drift together
+ARCHS = ("dcgan", "resnet", "mlp")
 
 
 @dataclass
 class GANConfig(ImageConfig):
-    arch: str = "dcgan"                      # "dcgan" (28, 32, 64 px, ...) or "mlp" (Goodfellow et al. 2014)
+    arch: str = "dcgan"                      # "dcgan" (28, 32, 64 px, ...), "resnet" (same sizes) or "mlp"
     latent_dim: int = 100
-    width: int = 64                          # DCGAN: channels of D's first / G's last conv; doubled per level
+    width: int = 64                          # DCGAN / ResNet: channels of D's first level; doubled per level
     mlp_hidden: tuple[int, ...] = (256, 512, 1024)  # MLP G's hidden sizes (D uses them reversed)
     loss: str = "ns"                         # one of LOSSES
     gp_weight: float = 10.0                  # lambda of WGAN-GP
@@ -55,6 +70,12 @@ class GANConfig(ImageConfig):
     g_lr: float = 0.0                        # 0: the train lr
     d_lr: float = 0.0                        # 0: the train lr
     conditional: bool = False                # class-conditional G and D (needs a labelled dataset)
+    r1: float = 0.0                          # gamma of R1 = gamma / 2 E||grad_x D(x)||^2 on real images (0: off)
+    r2: float = 0.0                          # gamma of R2: the same on generated images (0: off)
+    reg_every: int = 1                       # lazy regularisation: R1 / R2 every k-th step, weighted by k
+    augment: str = ""                        # DiffAugment policy, e.g. "translation,cutout" ("" or none: off)
+    d_init: str = "auto"                     # DCGAN / MLP D: "dcgan" N(0, 0.02) or "kaiming"; auto: kaiming with
+                                             # R1 / R2 (no BatchNorm then), else dcgan. ResNet: its own (auto only)
 
 
 def d_loss(kind: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
@@ -67,11 +88,17 @@ def d_loss(kind: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
     if kind == "wgan-gp":
         return fake.mean() - real.mean()
+    if kind == "rpgan":  # relativistic pairing: -log sigmoid(r_i - f_i)
+        return F.softplus(fake - real).mean()
     raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {kind!r}")
 
 
-def g_loss(kind: str, fake: torch.Tensor) -> torch.Tensor:
-    """Generator loss from D's logits on generated images (B,)."""
+def g_loss(kind: str, fake: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+    """Generator loss from D's logits on generated images (B,) (and, for rpgan, on real images (B,))."""
+    if kind == "rpgan":
+        if real is None:
+            raise ValueError("the rpgan generator loss pairs generated with real logits: pass real=")
+        return F.softplus(real - fake).mean()
     if kind == "minimax":
         return -F.softplus(fake).mean()    # = mean log(1 - sigmoid(f)), minimised by G
     if kind == "ns":
@@ -94,6 +121,14 @@ def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor,
     return (grad.flatten(1).norm(2, dim=1) - 1).pow(2).mean()
 
 
+def zero_centred_penalty(logits: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """E ||grad_x D(x)||^2 over the batch (Mescheder et al. 2018, R1 on real inputs, R2 on generated ones): `logits`
+    (B,) computed from `inputs` (B, ...), which must require grad. create_graph=True so the penalty trains D.
+    Per example only when D treats examples independently (no BatchNorm), hence no BatchNorm in a regularised D."""
+    grad, = torch.autograd.grad(logits.sum(), inputs, create_graph=True)
+    return grad.float().flatten(1).pow(2).sum(1).mean()
+
+
 def pairwise_auc(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     """P(D(x) > D(G(z))) over all real/fake pairs (ties count half): 0.5 when D cannot tell, 1 when it wins outright."""
     r, f = real.detach().float()[:, None], fake.detach().float()[None, :]
@@ -112,23 +147,37 @@ class GAN(GenerativeModel):
         c = config
         if c.loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {c.loss!r}")
-        if c.arch not in ("dcgan", "mlp"):
-            raise ValueError(f"arch must be 'dcgan' or 'mlp', got {c.arch!r}")
+        if c.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {c.arch!r}")
         if c.conditional and c.num_classes < 2:
             raise ValueError("conditional=true needs a labelled dataset (num_classes >= 2)")
         if c.latent_dim < 1 or c.n_critic < 0 or c.gp_weight < 0 or c.width < 1:
             raise ValueError("latent_dim and width must be >= 1, n_critic and gp_weight >= 0")
+        if not (c.r1 >= 0 and c.r2 >= 0) or c.reg_every < 1:
+            raise ValueError(f"r1 and r2 must be >= 0 and reg_every >= 1, got r1={c.r1}, r2={c.r2}, "
+                             f"reg_every={c.reg_every}")
+        self.policy = parse_policy(c.augment)
+        penalised = c.loss == "wgan-gp" or c.r1 > 0 or c.r2 > 0
         d_norm = c.d_norm
         if d_norm == "auto":  # Gulrajani 2017 sec. 4: no BatchNorm in a gradient-penalised critic; SNGAN D has none
-            d_norm = "none" if (c.spectral_norm or c.loss == "wgan-gp") else "batch"
-        elif c.loss == "wgan-gp" and d_norm == "batch":
-            raise ValueError("wgan-gp: BatchNorm in the critic breaks the per-example gradient penalty; "
-                             "use d_norm=layer or none")
+            d_norm = "none" if (c.spectral_norm or penalised or c.arch == "resnet") else "batch"
+        elif penalised and d_norm == "batch":
+            raise ValueError(f"{'wgan-gp' if c.loss == 'wgan-gp' else 'r1 / r2'}: BatchNorm in the critic breaks the "
+                             "per-example gradient penalty; use d_norm=layer or none")
+        if c.d_init not in ("auto", "dcgan", "kaiming") or (c.arch == "resnet" and c.d_init != "auto"):
+            raise ValueError(f"d_init must be auto, dcgan or kaiming (auto only for arch=resnet), got {c.d_init!r}")
+        # The N(0, 0.02) init suits a D with BatchNorm (Radford 2016); without it the signal shrinks at every layer,
+        # and a D regularised by R1 / R2 (no BatchNorm) then learns far more slowly (the 8-Gaussian ring test).
+        self.d_init = c.d_init if c.d_init != "auto" else (
+            "kaiming" if c.arch != "resnet" and (c.r1 > 0 or c.r2 > 0) else "own")
         n_cls = c.num_classes if c.conditional else 0
         g_in = c.latent_dim + n_cls
         if c.arch == "dcgan":
             self.G = DCGANGenerator(g_in, c.channels, c.image_size, c.width, c.g_norm)
             self.D = DCGANDiscriminator(c.channels, c.image_size, c.width, d_norm)
+        elif c.arch == "resnet":
+            self.G = ResNetGenerator(g_in, c.channels, c.image_size, c.width, c.g_norm)
+            self.D = ResNetDiscriminator(c.channels, c.image_size, c.width, d_norm)
         else:
             self.G = MLPGenerator(g_in, c.channels, c.image_size, c.mlp_hidden, c.g_norm)
             self.D = MLPDiscriminator(c.channels, c.image_size, tuple(reversed(c.mlp_hidden)), d_norm, c.d_dropout)
@@ -138,6 +187,9 @@ class GAN(GenerativeModel):
         dcgan_init(self.d_head)
         if self.d_embed is not None:
             dcgan_init(self.d_embed)
+        if self.d_init == "kaiming":  # the head too, with gain 1 (std 1 / sqrt(fan_in))
+            kaiming_init(self.D)
+            kaiming_init(self.d_head, slope=1.0)
         if c.spectral_norm:
             from torch.nn.utils.parametrizations import spectral_norm
             for m in [*self.D.modules(), self.d_head, *([self.d_embed] if n_cls else [])]:
@@ -154,9 +206,13 @@ class GAN(GenerativeModel):
     def critic(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """D's logit (B,) for images x in [-1, 1] (and labels y when conditional)."""
         h = self.D(x)
-        out = self.d_head(h).squeeze(1)
-        if self.d_embed is not None:
-            out = out + (self.d_embed(y) * h).sum(1)
+        # The head in fp32 even under autocast: the rpgan loss sees only r - f, so D's logits drift freely (to ~15 in
+        # 600 MNIST steps) and bf16 would round their differences (to 1/16 at 16, 1/2 at 128).
+        with torch.autocast(x.device.type, enabled=False):
+            h = h.float()
+            out = self.d_head(h).squeeze(1)
+            if self.d_embed is not None:
+                out = out + (self.d_embed(y) * h).sum(1)
         return out
 
     def labels_for(self, n: int, cond: torch.Tensor | None) -> torch.Tensor | None:
@@ -196,6 +252,15 @@ class GAN(GenerativeModel):
         lr = self.config.d_lr if phase == "d" else self.config.g_lr
         return {"lr": lr} if lr > 0 else {}
 
+    def augment(self, x: torch.Tensor) -> torch.Tensor:
+        """What D sees of a batch in training: DiffAugment's transform with the configured policy (identity if
+        none). Only `loss` calls it; `critic` and `sample` never augment."""
+        return diff_augment(x, self.policy) if self.policy else x
+
+    def reg_due(self) -> bool:
+        """Lazy regularisation: R1 / R2 at the steps divisible by reg_every (the Trainer sets self.step)."""
+        return (self.config.r1 > 0 or self.config.r2 > 0) and int(self.step) % self.config.reg_every == 0
+
     def loss(self, batch, phase):
         c = self.config
         x = to_float(batch[0], "-11")
@@ -209,17 +274,36 @@ class GAN(GenerativeModel):
         for p in self.d_params():
             p.requires_grad_(phase == "d")
         if phase == "g":
-            fake_logits = self.critic(self.generate(z, y), y)
-            return {"loss": g_loss(c.loss, fake_logits)}
+            fake_logits = self.critic(self.augment(self.generate(z, y)), y)
+            real_logits = None
+            if c.loss == "rpgan":  # the pairing needs D on real images too (D is frozen here: no graph)
+                with torch.no_grad():
+                    real_logits = self.critic(self.augment(x), y)
+            return {"loss": g_loss(c.loss, fake_logits, real_logits)}
         with torch.no_grad():
             fake = self.generate(z, y)
-        real_logits, fake_logits = self.critic(x, y), self.critic(fake, y)
+        reg = self.reg_due()
+        r1, r2 = reg and c.r1 > 0, reg and c.r2 > 0
+        # R1 / R2 differentiate D(T(x)) with respect to the image x before the augmentation T.
+        if r1:
+            x = x.detach().requires_grad_(True)
+        if r2:
+            fake = fake.detach().requires_grad_(True)
+        real_logits, fake_logits = self.critic(self.augment(x), y), self.critic(self.augment(fake), y)
         loss = d_loss(c.loss, real_logits, fake_logits)
         out = {}
         if c.loss == "wgan-gp":
-            gp = gradient_penalty(lambda t: self.critic(t, y), x, fake.to(x.dtype))
+            gp = gradient_penalty(lambda t: self.critic(self.augment(t), y), x.detach(), fake.detach().to(x.dtype))
             out = {"gp": gp.detach(), "w_dist": (real_logits.mean() - fake_logits.mean()).detach()}
             loss = loss + c.gp_weight * gp
+        if r1:  # logged: E||grad D||^2 itself; the loss adds gamma / 2 of it, times k when lazy
+            pen = zero_centred_penalty(real_logits, x)
+            loss = loss + c.reg_every * c.r1 / 2 * pen
+            out["grad2_real"] = pen.detach()
+        if r2:
+            pen = zero_centred_penalty(fake_logits, fake)
+            loss = loss + c.reg_every * c.r2 / 2 * pen
+            out["grad2_fake"] = pen.detach()
         show = torch.sigmoid if c.loss in PROBABILITY_LOSSES else (lambda t: t)
         return {"loss": loss, "d_real": show(real_logits.detach().float()).mean(),
                 "d_fake": show(fake_logits.detach().float()).mean(),

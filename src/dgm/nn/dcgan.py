@@ -46,6 +46,16 @@ def dcgan_init(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+def kaiming_init(module: nn.Module, slope: float = 0.2) -> None:
+    """He et al. 2015 (fan-in, for LeakyReLU(slope)) for every conv / linear layer, biases 0: keeps the signal's scale
+    through a discriminator without normalisation, where N(0, 0.02) shrinks it at every layer."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, a=slope, nonlinearity="leaky_relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
 class DCGANGenerator(nn.Module):
     """(B, in_dim) -> (B, C, H, W) in [-1, 1]. z is projected to (width * 2^(k-1), s0, s0) by a transposed conv with
     kernel s0 (a linear layer on a 1x1 map), then k stride-2 transposed convs (kernel 4) double the size while
