@@ -92,8 +92,7 @@ def speed(batch: int = 64, width: int = 64, steps: int = 16, rows: str = "", pre
     regularisation runs on every reg_every-th step). CPU time, so the number does not depend on the machine's load.
     `rows`: a comma-separated list of row numbers (0-based) of SPEED_ROWS, default all; `precisions`: fp32, bf16
     or both (bf16 autocast is only faster on CPUs with native bf16 instructions: check before a long run)."""
-    from dgm.models.gan import GAN, GANConfig
-    from dgm.train import make_optimizer
+    from dgm.models.gan import GANConfig
     torch.set_num_threads(1)
     x = torch.randint(0, 256, (batch, 1, 28, 28), dtype=torch.uint8)
     pick = [SPEED_ROWS[int(i)] for i in rows.split(",")] if rows else SPEED_ROWS
@@ -103,27 +102,8 @@ def speed(batch: int = 64, width: int = 64, steps: int = 16, rows: str = "", pre
     for name, kw in pick:
         res = []
         for prec in precs:
-            torch.manual_seed(0)
-            m = GAN(GANConfig(channels=1, image_size=28, **{"width": width, **kw}))
-            opts = {ph: make_optimizer(torch.optim.Adam, m.phase_parameters(ph), lr=2e-4, betas=(0.5, 0.999))
-                    for ph in m.phases}  # as the Trainer builds them
-            count = [0]
-
-            def step():
-                m.step = count[0]
-                count[0] += 1
-                for ph, o in opts.items():
-                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=prec == "bf16"):
-                        loss = m.loss((x, None), ph)["loss"]
-                    o.zero_grad()
-                    loss.backward()
-                    o.step()
-            for _ in range(4):
-                step()
-            c = time.process_time()
-            for _ in range(steps):
-                step()
-            res.append(batch * steps / (time.process_time() - c))
+            m, rate = timed_steps(GANConfig(channels=1, image_size=28, **{"width": width, **kw}), x, prec, 4, steps)
+            res.append(rate)
         ng, nd = sum(p.numel() for p in m.G.parameters()), sum(p.numel() for p in m.d_params())
         print(f"| {name} | {ng / 1e6:.2f}M / {nd / 1e6:.2f}M | " + " | ".join(f"{r:.0f}" for r in res) + " |",
               flush=True)
@@ -146,27 +126,35 @@ def real_floor(a, data: str) -> dict:
         return {"error": f"{type(e).__name__}: {e}", "n": a.fid_n, "ref_n": a.fid_ref_n}
 
 
+def timed_steps(cfg, x, prec: str, warmup: int, steps: int):
+    """(model, real images per CPU-second) of `steps` GAN training steps after `warmup` untimed ones, every phase with
+    its own Adam as the Trainer builds them, under bf16 autocast when prec == "bf16"."""
+    from dgm.models.gan import GAN
+    from dgm.train import make_optimizer
+    torch.manual_seed(0)
+    m = GAN(cfg)
+    opts = {ph: make_optimizer(torch.optim.Adam, m.phase_parameters(ph), lr=2e-4, betas=(0.5, 0.999))
+            for ph in m.phases}
+    c = 0.0
+    for i in range(warmup + steps):
+        if i == warmup:
+            c = time.process_time()
+        m.step = i
+        for ph, o in opts.items():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=prec == "bf16"):
+                loss = m.loss((x, None), ph)["loss"]
+            o.zero_grad()
+            loss.backward()
+            o.step()
+    return m, x.shape[0] * steps / (time.process_time() - c)
+
+
 def pick_precision(batch: int = 64, steps: int = 3) -> tuple[str, dict]:
     """'fp32' or 'bf16', whichever trains the ns DCGAN faster per CPU second here (3 timed steps after 1)."""
-    from dgm.models.gan import GAN, GANConfig
-    from dgm.train import make_optimizer
+    from dgm.models.gan import GANConfig
     x = torch.randint(0, 256, (batch, 1, 28, 28), dtype=torch.uint8)
-    rate = {}
-    for prec in ("fp32", "bf16"):
-        torch.manual_seed(0)
-        m = GAN(GANConfig(channels=1, image_size=28))
-        opts = {ph: make_optimizer(torch.optim.Adam, m.phase_parameters(ph), lr=2e-4, betas=(0.5, 0.999))
-                for ph in m.phases}
-        for i in range(steps + 1):
-            if i == 1:
-                c = time.process_time()
-            for ph, o in opts.items():
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=prec == "bf16"):
-                    loss = m.loss((x, None), ph)["loss"]
-                o.zero_grad()
-                loss.backward()
-                o.step()
-        rate[prec] = round(batch * steps / (time.process_time() - c), 1)
+    rate = {prec: round(timed_steps(GANConfig(channels=1, image_size=28), x, prec, 1, steps)[1], 1)
+            for prec in ("fp32", "bf16")}
     return max(rate, key=rate.get), rate
 
 

@@ -267,7 +267,7 @@ def cmd_eval(a) -> None:
     cfg = json.loads((run / "config.json").read_text())
     if cfg["family"] == "pythae-vae":
         model = pythae_model(cfg["data"]["image_size"])
-        model.load_state_dict(torch.load(run / "anchor_state.pt", map_location="cpu"))
+        model.load_state_dict(torch.load(run / "anchor_state.pt", map_location="cpu", weights_only=True))
         wrapper = PythaeWrapper(model, cfg["data"]["image_size"])
     else:
         wrapper = DiffusersWrapper(run)
