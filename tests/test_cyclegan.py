@@ -274,3 +274,36 @@ def test_label_preservation_wiring():
         assert res[f"label_acc_{key}"]["value"] == res[f"label_acc_{key}_source_only"]["value"]
         assert 0 <= res[f"label_acc_{key}_ceiling"]["value"] <= 1 and res[f"label_acc_{key}"]["n"] == 200
         assert np.isfinite(res[f"domain_fid_{key}"]["value"])
+
+
+# -- framing: the CLI and the studio frame an image the same way (issue 22) ---------------------------------------
+def test_translate_frames_a_dark_digit_on_paper_like_the_studio(tmp_path):
+    import io as _io
+    from dgm import save
+    from dgm.serve.images import decode_upload
+    m = tiny(image_size=12).eval()
+    save(m, tmp_path / "run")
+    paper = np.full((60, 40), 250, np.uint8)    # white paper, a dark stroke off centre
+    paper[10:40, 8:14] = 10
+    f = tmp_path / "drawn.png"
+    Image.fromarray(paper, "L").save(f)
+    out = translate_paths(tmp_path / "run", [str(f)], tmp_path / "t.png")[0]
+    buf = _io.BytesIO()
+    Image.fromarray(paper, "L").save(buf, "PNG")
+    x = decode_upload(buf.getvalue(), 1, 12)
+    assert x[0, 0, 0, 0] == 0 and x.max() > 0.5        # inverted (light on dark) and cropped to the stroke
+    with torch.inference_mode():
+        want = (m.translate(x, "AtoB")[0, 0] * 255).round().clamp(0, 255).to(torch.uint8)
+    got = torch.from_numpy(np.array(Image.open(out)))
+    assert (got.int() - want.int()).abs().max() <= 1   # the same input: the same translation (PNG rounding)
+    raw = translate_paths(tmp_path / "run", [str(f)], tmp_path / "raw.png", invert="no", fit="stretch")[0]
+    assert not np.array_equal(np.array(Image.open(raw)), got.numpy())
+    with pytest.raises(UsageError, match="invert must be"):
+        translate_paths(tmp_path / "run", [str(f)], tmp_path / "x.png", invert="maybe")
+
+
+def test_default_run_folders_are_readable_names():
+    from dgm.tasks import default_run_folder
+    assert default_run_folder("cyclegan", "unpaired:mnist,usps").as_posix() == "runs/cyclegan_unpaired-mnist-usps"
+    assert default_run_folder("vae", "mnist-mini").as_posix() == "runs/vae_mnist-mini"
+    assert default_run_folder("gan", "folder:/data/my faces").as_posix() == "runs/gan_folder-data-my-faces"

@@ -411,3 +411,16 @@ def test_shared_usps():
     npz = np.load(root / "usps" / "usps.npz")
     assert np.array_equal(te.images[:, 0].numpy(), npz["x_test_uint8"])
     assert np.array_equal(te.labels.numpy(), npz["y_test"])
+
+
+def test_folder_refuses_images_above_the_pixel_limit_before_decoding(tmp_path, monkeypatch):
+    import dgm.data.folder as fo
+    monkeypatch.setattr(fo, "MAX_PIXELS", 32 * 32)
+    root = tmp_path / "imgs"
+    _png(root / "small.png", 100, mode="L", size=(32, 32))
+    _png(root / "huge.png", 100, mode="L", size=(33, 40))
+    with pytest.warns(UserWarning, match=r"skipped 1 image\(s\) of more than 1,024 pixels \(e.g. huge.png\)"):
+        d = load_dataset(f"folder:{root}", image_size=8)
+    assert d.images.shape[0] == 1
+    with pytest.raises(fo.TooLarge, match="33x40 pixels"):
+        fo.open_image(root / "huge.png")

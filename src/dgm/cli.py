@@ -40,7 +40,7 @@ EPILOG = {
     "translate": """examples:
   dgm train cyclegan --data unpaired:mnist,usps --image-size 28 --steps 2000
   dgm train cyclegan --data unpaired:datasets/horse2zebra --set gen_blocks=9   # trainA/ trainB/ testA/ testB/
-  dgm translate runs/cyclegan_unpaired_mnist,usps --direction AtoB digit.png -o digit_usps.png
+  dgm translate runs/cyclegan_unpaired-mnist-usps --direction AtoB digit.png -o digit_usps.png
   dgm translate runs/cg --direction BtoA photos/ more.jpg -o translated/       # folders and files -> a folder
   dgm evaluate runs/cg --metrics translation                                   # label preservation both ways""",
     "classifier": """examples:
@@ -268,7 +268,8 @@ def cmd_serve(a):
 
 def cmd_translate(a):
     from dgm.tasks import translate_paths
-    out = translate_paths(a.run, a.inputs, a.output, direction=a.direction, device=a.device)
+    out = translate_paths(a.run, a.inputs, a.output, direction=a.direction, device=a.device, invert=a.invert,
+                          fit=a.fit)
     print(f"wrote {out[0]}" if len(out) == 1 else f"wrote {len(out)} images to {a.output}")
 
 
@@ -411,6 +412,12 @@ def _args_translate(s):
     s.add_argument("-o", "--output", required=True,
                    help="output PNG (one input) or folder (results keep their names, as .png)")
     s.add_argument("--direction", default="AtoB", choices=("AtoB", "BtoA"), help="AtoB (default) or BtoA")
+    s.add_argument("--invert", default="auto", choices=("auto", "yes", "no"),
+                   help="invert a one-channel image first (default auto: when its background is light, so a dark "
+                        "digit on paper looks like MNIST; the studio frames uploads the same way)")
+    s.add_argument("--fit", default="auto", choices=("auto", "object", "square", "stretch"),
+                   help="framing (default auto: crop to the object and pad it for one channel, centre square for "
+                        "colour)")
     s.add_argument("--device", default="auto", type=_device, help=DEVICE_HELP)
 
 

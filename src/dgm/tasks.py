@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,8 @@ import torch
 
 from dgm.config import UsageError, config_from_dict, split_overrides
 from dgm.data import ImageData, load_dataset
-from dgm.data.folder import READ_ERRORS, image_files, read_image
+from dgm.data.folder import READ_ERRORS, TooLarge, image_files, open_image
+from dgm.data.framing import check_framing, frame, image_tensor
 from dgm.figures import write_figures
 from dgm.grids import to_pil
 from dgm.io import load, read_config
@@ -105,6 +107,13 @@ def _build(cls, model_kw: dict, train_kw: dict, ds: ImageData):
         raise UsageError(str(e)) from None
 
 
+def default_run_folder(family: str, data: str) -> Path:
+    """runs/FAMILY_DATA with DATA reduced to letters, digits, '.', '-' (a spec's ':', ',', '/' and spaces become
+    '-'): readable, sortable by family, and safe in a shell. unpaired:mnist,usps -> runs/cyclegan_unpaired-mnist-usps."""
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", Path(data).name if "/" in data and ":" not in data else data).strip("-.")
+    return Path("runs") / f"{family}_{slug or 'data'}"
+
+
 def frozen_classifier(source: str, image_size: int, data_dir=None):
     """The frozen classifier a family trains with: a classifier's run folder, or a dataset's cached classifier."""
     path = Path(source).expanduser()
@@ -154,7 +163,7 @@ def train(family: str | None, data: str | None = None, *, steps: int = 0, epochs
         data, image_size, data_dir = d["name"], d.get("image_size"), data_dir or d.get("data_dir")
     else:
         data = data or "digits"
-        out = Path(out or Path("runs") / f"{family}_{data.replace(':', '_').replace('/', '_')}")
+        out = Path(out or default_run_folder(family, data))
         cls, model_kw, train_kw = _fresh_options(family, overrides, length, device)
         changed = []
     ds = load_data(data, "train", data_dir, image_size)
@@ -195,12 +204,20 @@ def _translation_jobs(inputs: list[str]) -> list[tuple[Path, Path]]:
     return jobs
 
 
-def translate_paths(run_dir, inputs: list[str], out, direction: str = "AtoB", device: str = "cpu") -> list[Path]:
+def translate_paths(run_dir, inputs: list[str], out, direction: str = "AtoB", device: str = "cpu", *,
+                    invert: str = "auto", fit: str = "auto") -> list[Path]:
     """`dgm translate`: image files and/or folders (recursive) -> translated PNGs at the model's size.
 
+    Each image is framed like the training data first, by dgm.data.framing (the studio's framing): `invert` (auto:
+    a one-channel image on a light background is inverted, so a dark digit on paper looks like MNIST) and `fit`
+    (auto: crop to the object and pad it for one channel, centre square for colour).
     One input file and an `out` ending in an image suffix: that file. Otherwise `out` is a folder; each result keeps
     its path relative to the folder it was found in (or its file name), with a .png suffix.
     """
+    try:
+        check_framing(invert, fit)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     model = load(run_dir, device)
     if "translate" not in model.capabilities():
         raise UsageError(f"a {model.family} model cannot translate images (train a cyclegan)")
@@ -212,13 +229,12 @@ def translate_paths(run_dir, inputs: list[str], out, direction: str = "AtoB", de
     written = []
     for f, rel in jobs:
         try:
-            arr = read_image(f, c.image_size)  # (S, S, 3) uint8: shorter side resized to the model's size, centre crop
+            x = image_tensor(open_image(f), cin)
+        except TooLarge as e:
+            raise UsageError(f"{f}: {e}") from None
         except READ_ERRORS as e:
             raise UsageError(f"{f}: not a readable PNG/JPEG/BMP/WEBP image ({e})") from None
-        x = torch.from_numpy(np.array(arr)).permute(2, 0, 1)[None].float() / 255.0
-        if cin == 1:
-            x = x.mean(1, keepdim=True)
-        y = model.translate(x, direction)[0]
+        y = model.translate(frame(x, c.image_size, invert=invert, fit=fit).to(model.device), direction)[0]
         dest = out if single else out / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         to_pil(y).save(dest)

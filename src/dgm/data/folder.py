@@ -16,6 +16,11 @@ FORMATS = {"PNG", "JPEG", "BMP", "WEBP"}
 DEFAULT_SIZE = 64
 # What PIL raises on unreadable, truncated or hostile files; anything else is a bug and should surface.
 READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+MAX_PIXELS = 4096 * 4096  # larger images are refused before their pixels are decoded (a 13000x13000 PNG is 500 MB)
+
+
+class TooLarge(ValueError):
+    """An image whose header declares more than MAX_PIXELS pixels."""
 
 
 def image_files(folder: Path, unreadable: list[str] | None = None) -> list[Path]:
@@ -50,13 +55,22 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def read_image(path: Path, size: int) -> np.ndarray:
-    """One image as uint8 ``(size, size, 3)``: shorter side resized to ``size`` (antialiased), centre-cropped."""
+def open_image(path: Path) -> Image.Image:
+    """A PNG/JPEG/BMP/WEBP file decoded, upright (EXIF); its size checked against MAX_PIXELS before any pixel is
+    decoded (TooLarge). Raises one of READ_ERRORS for a file that is no readable image."""
     with Image.open(path) as im:
         if im.format not in FORMATS:
             raise ValueError(f"unsupported format {im.format}")
+        w, h = im.size
+        if w * h > MAX_PIXELS:
+            raise TooLarge(f"{w}x{h} pixels, above the limit of {MAX_PIXELS:,} (4096x4096)")
         im.load()  # decodes now, so a truncated file fails here rather than half-read
-        im = _to_rgb(ImageOps.exif_transpose(im))
+        return ImageOps.exif_transpose(im)
+
+
+def read_image(path: Path, size: int) -> np.ndarray:
+    """One image as uint8 ``(size, size, 3)``: shorter side resized to ``size`` (antialiased), centre-cropped."""
+    im = _to_rgb(open_image(path))
     w, h = im.size
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
@@ -76,7 +90,8 @@ def load_folder(split, data_dir, image_size, download, *, path: str) -> ImageDat
     union of their subfolders); otherwise the whole folder is returned for both splits.
     Channels: 1 when every image is grayscale (R = G = B after conversion), else 3 (RGB); RGBA and
     palette images are converted, transparency composited onto white.
-    Unreadable files (not an image, truncated) are skipped with one warning counting them.
+    Unreadable files (not an image, truncated) and images of more than MAX_PIXELS (4096x4096) pixels are skipped,
+    before their pixels are decoded, with one warning counting them.
     ``data_dir`` and ``download`` are unused; a relative ``path`` is relative to the working directory.
     """
     root = Path(path).expanduser()
@@ -103,19 +118,24 @@ def load_folder(split, data_dir, image_size, download, *, path: str) -> ImageDat
     if unreadable and not candidates:
         raise DataError(f"folder:{root}: cannot list {unreadable[0]} (permission denied?)")
 
-    arrays, labels, bad = [], [], []
+    arrays, labels, bad, large = [], [], [], []
     for f, label in candidates:
         try:
             arrays.append(read_image(f, size))
+        except TooLarge:
+            large.append(f.name)
+            continue
         except READ_ERRORS:
             bad.append(f.name)
             continue
         labels.append(label)
-    if bad or outside or unreadable:
+    if bad or large or outside or unreadable:
         parts = []
         if bad:
             parts.append(f"{len(bad)} file(s) that are not readable PNG/JPEG/BMP/WEBP images "
                          f"(e.g. {', '.join(bad[:3])})")
+        if large:
+            parts.append(f"{len(large)} image(s) of more than {MAX_PIXELS:,} pixels (e.g. {', '.join(large[:3])})")
         if outside:
             parts.append(f"{outside} file(s) outside the class subfolders")
         if unreadable:

@@ -7,6 +7,7 @@ import io
 
 import torch
 
+from dgm.data.framing import check_framing, frame, image_tensor
 from dgm.serve.runs import StudioError
 
 MAX_UPLOAD_BYTES = 4 * 1024 * 1024   # one uploaded image
@@ -19,24 +20,12 @@ FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
 def decode_upload(data: bytes, channels: int, size: int, *, invert: str = "auto", fit: str = "auto",
                   content_fraction: float | None = None) -> torch.Tensor:
     """Uploaded bytes -> (1, channels, size, size) float in [0, 1], or a StudioError (4xx) saying what is wrong.
-
-    invert: "auto" (light background -> inverted, so a dark digit on white paper looks like MNIST's white on black),
-    "yes", "no". fit: "auto" (crop to the object and frame it like the data for one channel, centre square otherwise),
-    "object", "square" (centre crop), "stretch".
-    """
-    if invert not in ("auto", "yes", "no"):
-        raise StudioError(422, f"invert must be 'auto', 'yes' or 'no', got {invert!r:.80}")
-    if fit not in ("auto", "object", "square", "stretch"):
-        raise StudioError(422, f"fit must be 'auto', 'object', 'square' or 'stretch', got {fit!r:.80}")
-    x = pixels(data, channels)  # (C, H, W)
-    if channels == 1 and (invert == "yes" or (invert == "auto" and _border_mean(x) > 0.5)):
-        x = 1.0 - x
-    if fit == "auto":
-        fit = "object" if channels == 1 else "square"
-    x = _frame(x, fit, content_fraction or 0.8)
-    x = torch.nn.functional.interpolate(x.unsqueeze(0), size=(size, size), mode="bilinear", align_corners=False,
-                                        antialias=x.shape[-1] > size)
-    return x.clamp(0, 1)
+    Framing (invert, fit) is dgm.data.framing's, the same as `dgm translate`'s."""
+    try:
+        check_framing(invert, fit)
+    except ValueError as e:
+        raise StudioError(422, str(e)) from None
+    return frame(pixels(data, channels), size, invert=invert, fit=fit, content_fraction=content_fraction)
 
 
 def _bomb(w: int | None = None, h: int | None = None) -> StudioError:
@@ -82,67 +71,18 @@ def pixels(data: bytes, channels: int) -> torch.Tensor:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img.seek(0)
             img.load()  # the header was fine; this decodes the pixels and finds truncated or corrupt data
-            # Framing needs no more than ~1000 pixels a side for a model input of at most a few hundred: shrink
+            # Framing needs no more than ~1000 pixels a side for a model input of at most a few hundred: shrunk
             # first, so a 4096x4096 upload never becomes a 200 MB float tensor.
-            img.thumbnail((1024, 1024), Image.BILINEAR)
-            img = _flatten_alpha(img).convert("L" if channels == 1 else "RGB")
+            x = image_tensor(img, channels)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise _bomb() from None
     except MemoryError:
         raise _bomb() from None
     except Exception as e:  # noqa: BLE001  (truncated or corrupt data, an odd mode: the parser's own errors)
         raise StudioError(400, f"the uploaded image is corrupt or truncated: {type(e).__name__}: {e}") from None
-    if img.width < 1 or img.height < 1:
-        raise _bomb(img.width, img.height)
-    x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(img.height, img.width, -1)
-    return x.permute(2, 0, 1).float().div(255.0)
-
-
-def _flatten_alpha(img):
-    """Composite transparency onto the colour that contrasts with the opaque pixels (a black stroke on a transparent
-    canvas becomes black on white, a white stroke white on black)."""
-    import numpy as np
-    from PIL import Image
-    if img.mode == "P":
-        img = img.convert("RGBA")
-    if img.mode not in ("RGBA", "LA"):
-        return img
-    rgba = img.convert("RGBA")
-    alpha = np.asarray(rgba.getchannel("A"))
-    lum = np.asarray(rgba.convert("L"))
-    opaque = lum[alpha > 127]
-    bg = (0, 0, 0, 255) if opaque.size and opaque.mean() > 127 else (255, 255, 255, 255)
-    base = Image.new("RGBA", rgba.size, bg)
-    return Image.alpha_composite(base, rgba).convert("RGB")
-
-
-def _border_mean(x: torch.Tensor) -> float:
-    """Mean brightness of the one-pixel frame of a (C, H, W) image: the background's brightness."""
-    return float(torch.cat([x[:, 0], x[:, -1], x[:, :, 0], x[:, :, -1]], dim=1).mean())
-
-
-def _frame(x: torch.Tensor, fit: str, fraction: float) -> torch.Tensor:
-    """(C, H, W) -> a square (C, S, S) to be resized."""
-    c, h, w = x.shape
-    if fit == "stretch":
-        return x
-    if fit == "square":
-        s = min(h, w)
-        top, left = (h - s) // 2, (w - s) // 2
-        return x[:, top:top + s, left:left + s]
-    g = x.mean(0)
-    on = g > 0.2 * float(g.max()) if float(g.max()) > 0.05 else None
-    if on is None or not on.any():
-        return _frame(x, "square", fraction)
-    ri, ci = on.any(1).nonzero().flatten(), on.any(0).nonzero().flatten()
-    x = x[:, int(ri[0]):int(ri[-1]) + 1, int(ci[0]):int(ci[-1]) + 1]
-    # Pad to a square whose side makes the object fill `fraction` of it, object centred.
-    side = max(x.shape[1], x.shape[2])
-    s = max(side, int(round(side / max(0.3, min(1.0, fraction)))))
-    out = torch.zeros(c, s, s)
-    top, left = (s - x.shape[1]) // 2, (s - x.shape[2]) // 2
-    out[:, top:top + x.shape[1], left:left + x.shape[2]] = x
-    return out
+    if x.shape[1] < 1 or x.shape[2] < 1:
+        raise _bomb(x.shape[2], x.shape[1])
+    return x
 
 
 def png_bytes(images: torch.Tensor, nrow: int = 8, pad: int = 0) -> bytes:

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from dgm.data.framing import content_fraction
 from dgm.io import CONFIG, FORMAT, WEIGHTS, RunError, load
 from dgm.serve.caps import BuildError, describe
 
@@ -350,17 +351,3 @@ def finite(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [finite(v) for v in obj]
     return obj
-
-
-def content_fraction(x01: torch.Tensor) -> float:
-    """How much of the frame a dataset's object fills (mean bounding-box side / image side), so drawn or uploaded
-    images are framed like the training data (MNIST: a 20-pixel digit in a 28-pixel box, ~0.7)."""
-    g = x01.mean(1)  # (N, H, W)
-    on = g > 0.25 * g.flatten(1).amax(1).clamp_min(1e-6).view(-1, 1, 1)
-    rows, cols = on.any(2), on.any(1)  # (N, H), (N, W)
-    fr = []
-    for r, c in zip(rows, cols):
-        if r.any() and c.any():
-            ri, ci = r.nonzero().flatten(), c.nonzero().flatten()
-            fr.append(max(int(ri[-1] - ri[0]) + 1, int(ci[-1] - ci[0]) + 1) / g.shape[-1])
-    return float(sum(fr) / len(fr)) if fr else 0.8
