@@ -12,7 +12,7 @@ from dgm.cli import main
 @pytest.fixture(scope="module")
 def vae_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "vae"
-    assert main(["train", "vae", "--steps", "40", "--out", str(out), "-q", "--set", "latent_dim=3",
+    assert main(["train", "vae", "--data", "digits", "--steps", "40", "--out", str(out), "-q", "--set", "latent_dim=3",
                  "--set", "batch_size=64", "--set", "conv_channels=8,16", "--image-size", "8"]) == 0
     return out
 
@@ -53,12 +53,12 @@ def test_resume_continues_a_run(vae_run):
 
 
 @pytest.mark.parametrize("argv, code, msg", [
-    (["train", "nosuchfamily"], 2, "unknown model family"),
-    (["train", "vae", "--set", "latent_dimm=3"], 2, "unknown option 'latent_dimm'"),
-    (["train", "vae", "--set", "latent_dim=abc"], 2, "expected int"),
-    (["train", "vae", "--set", "novalue"], 2, "key=value"),
+    (["train", "nosuchfamily", "--data", "digits"], 2, "unknown model family"),
+    (["train", "vae", "--data", "digits", "--set", "latent_dimm=3"], 2, "unknown option 'latent_dimm'"),
+    (["train", "vae", "--data", "digits", "--set", "latent_dim=abc"], 2, "expected int"),
+    (["train", "vae", "--data", "digits", "--set", "novalue"], 2, "key=value"),
     (["train", "vae", "--data", "nosuchdata"], 1, "nosuchdata"),
-    (["train", "vae", "--epochs", "1", "--steps", "3"], 2, "not allowed with"),
+    (["train", "vae", "--data", "digits", "--epochs", "1", "--steps", "3"], 2, "not allowed with"),
     (["sample", "/nonexistent/run"], 1, "not found"),
     (["evaluate", "/nonexistent/run"], 1, "not found"),
     (["frobnicate"], 2, "invalid choice"),
@@ -130,7 +130,7 @@ def test_train_minutes_overwrite_and_resume_options(tmp_path, monkeypatch, capsy
     ticks = itertools.count()  # process CPU time: one second per read (once per fit, once per step)
     monkeypatch.setattr(dtrain, "_cpu_clock", lambda: float(next(ticks)))
     out = tmp_path / "run"
-    assert main(["train", "vae", "--minutes", "0.1", "--out", str(out), *TINY_TRAIN]) == 0   # 6 CPU seconds
+    assert main(["train", "vae", "--data", "digits", "--minutes", "0.1", "--out", str(out), *TINY_TRAIN]) == 0   # 6 CPU seconds
     cfg = _cfg(out)
     assert cfg["status"] == "finished" and cfg["train"]["minutes"] == 0.1 and cfg["progress"]["stopped_by"] == "budget"
     assert [r["step"] for r in _rows(out)] == [1, 2, 3, 4, 5, 6] and (out / "samples.png").is_file()
@@ -141,9 +141,9 @@ def test_train_minutes_overwrite_and_resume_options(tmp_path, monkeypatch, capsy
     assert _rows(out)[-1]["step"] == 12 and _cfg(out)["progress"]["cpu_seconds"] == 12.0
     capsys.readouterr()
     # A fresh run into it is refused; --overwrite replaces it.
-    code, err = _exit(["train", "vae", "--steps", "3", "--out", str(out), *TINY_TRAIN], capsys)
+    code, err = _exit(["train", "vae", "--data", "digits", "--steps", "3", "--out", str(out), *TINY_TRAIN], capsys)
     assert code == 1 and "already holds a run" in err and "--overwrite" in err
-    assert main(["train", "vae", "--steps", "3", "--out", str(out), "--overwrite", *TINY_TRAIN]) == 0
+    assert main(["train", "vae", "--data", "digits", "--steps", "3", "--out", str(out), "--overwrite", *TINY_TRAIN]) == 0
     assert [r["step"] for r in _rows(out)] == [1, 2, 3] and _cfg(out)["train"]["minutes"] == 0.0
     capsys.readouterr()
     # Resume options that may change are applied and said in one line; --steps replaces the length.
@@ -169,12 +169,12 @@ def test_train_minutes_overwrite_and_resume_options(tmp_path, monkeypatch, capsy
 
 
 @pytest.mark.parametrize("argv, msg", [
-    (["train", "vae", "--steps", "-1"], "argument --steps: must be >= 1, got -1"),
-    (["train", "vae", "--steps", "0"], "argument --steps: must be >= 1, got 0"),
-    (["train", "vae", "--minutes", "-2"], "argument --minutes: must be > 0, got -2"),
-    (["train", "vae", "--epochs", "inf"], "argument --epochs: must be a finite number"),
-    (["train", "vae", "--device", "gpu"], "argument --device: expected auto, cpu, cuda or cuda:N"),
-    (["train", "vae", "--device", "cpu", "--set", "device=cuda"], "the device is given twice"),
+    (["train", "vae", "--data", "digits", "--steps", "-1"], "argument --steps: must be >= 1, got -1"),
+    (["train", "vae", "--data", "digits", "--steps", "0"], "argument --steps: must be >= 1, got 0"),
+    (["train", "vae", "--data", "digits", "--minutes", "-2"], "argument --minutes: must be > 0, got -2"),
+    (["train", "vae", "--data", "digits", "--epochs", "inf"], "argument --epochs: must be a finite number"),
+    (["train", "vae", "--data", "digits", "--device", "gpu"], "argument --device: expected auto, cpu, cuda or cuda:N"),
+    (["train", "vae", "--data", "digits", "--device", "cpu", "--set", "device=cuda"], "the device is given twice"),
     (["sample", "/no/run", "-n", "0"], "argument -n: must be >= 1, got 0"),
     (["sample", "/no/run", "--eta", "nan"], "argument --eta: must be a finite number, got 'nan'"),
     (["sample", "/no/run", "--steps", "x"], "argument --steps: expected an integer, got 'x'"),
@@ -217,7 +217,7 @@ def test_signals_exit_with_128_plus_the_signal_and_bugs_keep_their_traceback(mon
     def stopped(*a, **k):
         raise Interrupted(signal.SIGTERM, 7, 7, "runs/x")
     monkeypatch.setattr(dgm.tasks, "train", stopped)
-    code, err = _exit(["train", "vae"], capsys)
+    code, err = _exit(["train", "vae", "--data", "digits"], capsys)
     assert code == 143 and "stopped by SIGTERM at step 7" in err and "--resume" in err
 
     def bug():
@@ -241,7 +241,8 @@ def test_sigterm_stops_dgm_train_after_a_checkpoint_and_resume_finishes_it(tmp_p
     import signal
     import time
     out = tmp_path / "run"
-    child = subprocess.Popen([sys.executable, "-m", "dgm.cli", "train", "vae", "--steps", "100000", "--out", str(out),
+    child = subprocess.Popen([sys.executable, "-m", "dgm.cli", "train", "vae", "--data", "digits", "--steps", "100000",
+                              "--out", str(out),
                               *TINY_TRAIN[:-2], "--set", "ckpt_every=5"], stderr=subprocess.PIPE, text=True,
                              env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     try:
@@ -257,9 +258,51 @@ def test_sigterm_stops_dgm_train_after_a_checkpoint_and_resume_finishes_it(tmp_p
         if child.poll() is None:
             child.kill()
     assert child.returncode == 128 + signal.SIGTERM, err[-2000:]
-    assert "stopped by SIGTERM at step" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    lines = err.strip().splitlines()  # the first line (what trains), then the one line of the stop
+    assert lines[0] == "dgm: training vae on digits for 100,000 steps" and len(lines) == 2, err[-2000:]
+    assert "stopped by SIGTERM at step" in lines[1] and "Traceback" not in err
     cfg = _cfg(out)
     at = cfg["progress"]["checkpoint_step"]
     assert cfg["status"] == "unfinished" and at >= 5 and cfg["progress"]["stopped_by"] == "SIGTERM"
     assert main(["train", "vae", "--out", str(out), "--resume", "--steps", str(at + 2), "-q"]) == 0
     assert _cfg(out)["status"] == "finished" and _rows(out)[-1]["step"] == at + 2
+
+
+# -- issue 22: a default length that gives a result, said in the first line --------------------------------------
+def test_no_length_trains_for_the_familys_default_budget(monkeypatch, tmp_path, capsys):
+    from dgm.models.ae import AE
+    from dgm.tasks import _fresh_options
+    from dgm.registry import families, get_family
+    assert _fresh_options("vae", {}, {}, None)[2]["minutes"] == get_family("vae").default_minutes > 0
+    assert "minutes" not in _fresh_options("vae", {}, {"steps": 5}, None)[2]
+    assert "minutes" not in _fresh_options("vae", {"epochs": "2"}, {}, None)[2]
+    # The help states each family's default budget (it is written out there: keep it in step with the classes).
+    helps = {f: f"{f} {get_family(f).default_minutes:g}" for f in ("ae", "vae", "gan", "cyclegan", "diffusion")}
+    code, out = _help(["train", "--help"], capsys)
+    flat = " ".join(out.split())
+    assert all(h in flat for h in helps.values()), helps
+    monkeypatch.setattr(AE, "default_minutes", 0.002)
+    out_dir = tmp_path / "ae"
+    assert main(["train", "ae", "--data", "digits", "--out", str(out_dir), "--image-size", "8", "-q",
+                 "--set", "latent_dim=2", "--set", "conv_channels=4,8"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "dgm: training ae on digits for 0.002 CPU-min (default; --steps/--epochs/--minutes to change)"
+    cfg = json.loads((out_dir / "config.json").read_text())
+    assert cfg["train"]["minutes"] == 0.002 and cfg["progress"]["stopped_by"] == "budget"
+    assert main(["train", "ae", "--data", "digits", "--out", str(tmp_path / "s"), "--image-size", "8", "-q",
+                 "--steps", "2", "--set", "conv_channels=4,8"]) == 0
+    assert capsys.readouterr().err.splitlines()[0] == "dgm: training ae on digits for 2 steps"
+
+
+def test_dgm_list_shows_the_classifier_apart_from_the_families(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    fams = next(ln for ln in out if ln.startswith("families:"))
+    assert "vae" in fams and "diffusion" in fams and "classifier" not in fams
+    assert any(ln.startswith("helper networks: classifier") for ln in out)
+
+
+def _help(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    return e.value.code, capsys.readouterr().out

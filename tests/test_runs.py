@@ -202,6 +202,73 @@ def test_kill_9_after_the_first_checkpoint_then_resume(tmp_path, digits8):
     assert [r["step"] for r in rows(run)] == [2, 4, 6, 8, 10, 12]
 
 
+FAMILY_KILL_SCRIPT = """
+import sys, time, torch
+from dgm.data import load_dataset
+from dgm.registry import get_family
+from dgm.train import TrainConfig, Trainer
+TINY = {"ae": {"latent_dim": 2, "conv_channels": (4, 8)}, "beta-vae": {"latent_dim": 2, "conv_channels": (4, 8)},
+        "gan": {"width": 8, "latent_dim": 4}, "diffusion": {"base_channels": 8, "channel_mults": (1, 2)},
+        "cyclegan": {"gen_width": 4, "gen_blocks": 1, "disc_width": 4, "pool_size": 4}}
+
+def trainer(family, out, hold=False):
+    data = load_dataset("unpaired:digits,digits" if family == "cyclegan" else "digits", "train", image_size=16)
+    torch.manual_seed(123)
+    model = get_family(family).for_data(data, TINY[family])
+    if hold:
+        real = model.loss
+        def loss(batch, phase="main"):
+            if model.step == 6:
+                print("HOLD", flush=True)
+                time.sleep(600)
+            return real(batch, phase)
+        model.loss = loss
+    cfg = TrainConfig(steps=12, batch_size=8, ckpt_every=4, log_every=2, ema_decay=0.9, seed=5)
+    return Trainer(model, data, cfg, out, progress=False)
+
+if sys.argv[1] == "hold":  # hold FAMILY OUT: train OUT, hang inside step 6 (checkpoint at 4) until killed
+    trainer(sys.argv[2], sys.argv[3], hold=True).fit()
+else:  # resume ROOT FAMILIES: per family an uninterrupted reference in ROOT/F/full, then ROOT/F/killed resumed
+    for family in sys.argv[3].split(","):
+        trainer(family, f"{sys.argv[2]}/{family}/full").fit()
+        t = trainer(family, f"{sys.argv[2]}/{family}/killed")
+        t.fit(resume=True)
+        print(family, t.step, flush=True)
+"""
+KILLED_FAMILIES = ("ae", "beta-vae", "gan", "diffusion", "cyclegan")
+
+
+def test_kill_9_then_resume_is_exact_for_every_family(tmp_path):
+    """The VAE's test above, for each other family (tiny nets, 16x16 digits): each killed with SIGKILL inside step 6
+    (checkpoint at 4), resumed by a fresh process, ends with the weights of an uninterrupted run, bit for bit. The
+    killed trainers run side by side and the resumes share one process: a few interpreter starts in all."""
+    script = tmp_path / "kill.py"
+    script.write_text(FAMILY_KILL_SCRIPT)
+    children = {f: subprocess.Popen([sys.executable, str(script), "hold", f, str(tmp_path / f / "killed")],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+                for f in KILLED_FAMILIES}
+    try:
+        for f, child in children.items():
+            assert child.stdout.readline().strip() == "HOLD", (f, child.stderr.read()[-3000:])
+    finally:
+        for child in children.values():
+            child.kill()
+            child.wait(60)
+    for f, child in children.items():
+        run = tmp_path / f / "killed"
+        assert child.returncode == -signal.SIGKILL, f
+        assert config(run)["status"] == "unfinished" and config(run)["progress"]["checkpoint_step"] == 4, f
+    done = subprocess.run([sys.executable, str(script), "resume", str(tmp_path), ",".join(KILLED_FAMILIES)],
+                          capture_output=True, text=True, env=ENV, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == [w for f in KILLED_FAMILIES for w in (f, "12")]
+    for f in KILLED_FAMILIES:
+        run = tmp_path / f / "killed"
+        assert config(run)["status"] == "finished", f
+        assert same_weights(tmp_path / f / "full", run), f
+        assert [r["step"] for r in rows(run)] == [2, 4, 6, 8, 10, 12], f
+
+
 SIGNAL_SCRIPT = """
 import json, os, signal, sys, torch
 from dgm.data import load_dataset

@@ -13,7 +13,7 @@ from pathlib import Path
 
 EPILOG = {
     "train": """examples:
-  dgm train vae                                   # conv VAE on the embedded digits data
+  dgm train vae                                   # conv VAE on mnist-mini for 2 CPU-minutes (the family's default)
   dgm train vae --data mnist --epochs 10 --set latent_dim=32 --set lr=5e-4
   dgm train ae --data fashion-mnist --set latent_dim=2 --set recon=mse
   dgm train gan --data mnist --steps 5000 --set loss=hinge --set spectral_norm=true   # DCGAN; also ns, minimax, lsgan
@@ -190,13 +190,14 @@ def cmd_sample(a):
     # Sampler options (diffusion): passed only when given, and only to a model whose sample() takes them.
     given = {k: v for k, v in (("sampler", a.sampler), ("steps", a.steps), ("eta", a.eta), ("guidance", a.guidance))
              if v is not None}
-    if given:
-        import inspect
-        takes = inspect.signature(model.sample).parameters
-        wrong = [k for k in given if k not in takes]
-        if wrong:
-            _fail(f"--{wrong[0]} does not apply to a {model.family} model (only to samplers such as diffusion)")
-        kw.update(given)
+    import inspect
+    takes = inspect.signature(model.sample).parameters
+    wrong = [k for k in given if k not in takes]
+    if wrong:
+        _fail(f"--{wrong[0]} does not apply to a {model.family} model (only to samplers such as diffusion)")
+    kw.update(given)
+    if "progress" in takes:  # an iterative sampler: a bar, and its estimate first when it is long
+        kw["progress"] = True
     p = write_samples(model, a.output or Path(a.run) / "samples.png", n=a.n, seed=a.seed, **kw)
     print(f"wrote {p}")
 
@@ -290,12 +291,15 @@ def cmd_classifier(a):
 
 def cmd_list(a):
     from dgm.data import dataset_names
-    from dgm.registry import families
-    print("families:", ", ".join(families()))
-    print("datasets:", ", ".join(dataset_names()))
+    from dgm.registry import families, get_family
+    print("families:", ", ".join(f for f in families() if not get_family(f).helper))
+    print("helper networks:", ", ".join(f"{f} (dgm {f} train DATA)" for f in families() if get_family(f).helper))
+    print("datasets:", ", ".join(dataset_names()) + "  (default for dgm train: mnist-mini, packaged with dgm)")
 
 
 # -- the parser: one small function per command ---------------------------------------------------------------
+THREADS_HELP = ("CPU threads for PyTorch (default: one per core). On a machine other work keeps busy, 1 is faster: "
+                "threads that wait for a taken core stall each other")
 DEVICE_HELP = "auto, cpu, cuda or cuda:N (default auto: CUDA when there is one)"
 
 
@@ -310,13 +314,15 @@ def _run_args(s, output=True, plot=False):
 
 def _args_train(s):
     s.add_argument("family", help="model family (see: dgm list)")
-    s.add_argument("--data", help="dataset name (default digits, or the run's on --resume; see: dgm list)")
+    s.add_argument("--data", help="dataset name (default mnist-mini: 12,000 real MNIST digits packaged with dgm; "
+                                  "the run's on --resume; see: dgm list)")
     g = s.add_mutually_exclusive_group()
     g.add_argument("--epochs", type=_number(0, above=True), help="number of passes over the training set")
     g.add_argument("--steps", type=POSITIVE, help="number of optimisation steps")
     s.add_argument("--minutes", type=_number(0, above=True),
                    help="train for this many minutes of process CPU time (all threads; a loaded machine does not\n"
-                        "change it); with --steps or --epochs, whichever ends first")
+                        "change it); with --steps or --epochs, whichever ends first. With none of the three a fresh\n"
+                        "run trains for the family's default budget (ae 1, vae 2, gan 3, cyclegan 3, diffusion 8)")
     s.add_argument("--out", help="run folder (default runs/FAMILY_DATA)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="model or train option, repeatable")
     s.add_argument("--resume", action="store_true",
@@ -334,8 +340,10 @@ def _args_sample(s):
     s.add_argument("-n", type=POSITIVE, default=64, help="number of samples (default 64)")
     s.add_argument("--seed", type=SEED, default=0, help="random seed: the same seed draws the same images (default 0)")
     s.add_argument("--class", dest="class_", type=SEED, help="class label for a conditional model")
-    s.add_argument("--sampler", help="diffusion sampler: ddpm, ddim or dpm++2m (default: the model's, ddim)")
-    s.add_argument("--steps", type=POSITIVE, help="diffusion sampling steps (default 50; ddpm: all T)")
+    s.add_argument("--sampler", help="diffusion sampler: heun or euler (flow, edm objectives; default heun), ddpm, "
+                                     "ddim or dpm++2m (ddpm objective; default ddim)")
+    s.add_argument("--steps", type=POSITIVE, help="diffusion sampling steps, network calls for heun/euler (default: the "
+                                                 "model's, 35 heun or 50 ddim; ddpm: all T)")
     s.add_argument("--eta", type=_number(0), help="DDIM noise: 0 deterministic (default), 1 like DDPM")
     s.add_argument("--guidance", type=_number(0), help="classifier-free guidance scale with --class (1: none)")
 
@@ -471,6 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.RawTextHelpFormatter)
         s.set_defaults(fn=fn)
         add_args(s)
+        if name != "list":
+            s.add_argument("--threads", type=POSITIVE, help=THREADS_HELP)
     return p
 
 
@@ -502,6 +512,14 @@ def _bug(e: BaseException):
           f"traceback above", 1)
 
 
+def set_threads(n: int) -> None:
+    """PyTorch's intra-op threads here, and in the worker processes a command starts (OMP_NUM_THREADS)."""
+    import os
+    import torch
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    torch.set_num_threads(n)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
@@ -512,6 +530,8 @@ def main(argv: list[str] | None = None) -> int:
     from dgm.data import DataError
     from dgm.io import DeviceError, RunError, resolve_device
     from dgm.train import Interrupted, NonFiniteLoss
+    if getattr(a, "threads", None):
+        set_threads(a.threads)
     try:
         if getattr(a, "device", None) is not None:  # a device that is not here: one line before anything loads
             dev = resolve_device(a.device)

@@ -43,6 +43,7 @@ def run_data(run_dir, split: str = "test", data_dir=None) -> ImageData:
     return load_data(d["name"], split, data_dir or d.get("data_dir"), d.get("image_size"))
 
 
+DEFAULT_DATA = "mnist-mini"  # 12,000 real MNIST digits packaged with dgm: no download, a picture worth looking at
 LENGTH = ("steps", "epochs", "minutes")  # how long a run trains; given on resume, they replace the saved ones
 
 
@@ -55,9 +56,26 @@ def _fresh_options(family: str, overrides: dict[str, Any], length: dict[str, Any
     kw = split_overrides({"model": cls.Config, "train": TrainConfig}, overrides, reserved=_FROM_DATA,
                          owner=cls.family)
     train_kw = {**cls.train_defaults, **kw["train"], **length}
+    if not any(train_kw.get(k) for k in LENGTH):  # no length given anywhere: the family's default budget
+        train_kw["minutes"] = cls.default_minutes
     if device:
         train_kw["device"] = device
     return cls, kw["model"], train_kw
+
+
+def length_line(family: str, data: str, train_kw: dict[str, Any], default: bool) -> str:
+    """The first line of a fresh `dgm train`: what trains on what, for how long."""
+    how = "1 epoch"  # the Trainer's own default, when a length option was given as 0
+    for key, unit in (("steps", "steps"), ("epochs", "epochs"), ("minutes", "CPU-min")):
+        if train_kw.get(key):
+            try:
+                v = float(train_kw[key])
+                how = f"{int(v):,} {unit}" if key == "steps" else f"{v:g} {unit}"
+            except (TypeError, ValueError):  # checked by the config already; shown as given
+                how = f"{train_kw[key]} {unit}"
+            break
+    line = f"training {family} on {data} for {how}"
+    return line + (" (default; --steps/--epochs/--minutes to change)" if default else "")
 
 
 def _resume_options(cfg: dict[str, Any], out: Path, overrides: dict[str, Any], length: dict[str, Any]):
@@ -129,9 +147,11 @@ def train(family: str | None, data: str | None = None, *, steps: int = 0, epochs
           out: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None, resume: bool = False,
           overwrite: bool = False, device: str | None = None, data_dir=None, image_size: int | None = None,
           progress: bool = True, figures: bool = True, stop_at: int | None = None, say=None) -> Path:
-    """Train a family on a dataset (default digits) and write a run folder; returns its path.
+    """Train a family on a dataset (default mnist-mini) and write a run folder; returns its path.
 
-    `minutes` > 0 trains for that much process CPU time (dgm.train). A fresh run refuses a folder that already holds
+    `minutes` > 0 trains for that much process CPU time (dgm.train); with no length at all (no steps, epochs or
+    minutes, here or in `overrides`) a fresh run trains for the family's `default_minutes`, and `say` hears a first
+    line saying so. A fresh run refuses a folder that already holds
     a run unless `overwrite`. `resume` continues the run in `out` with its own config: `family`, `data` and
     `image_size` may be given (None: the run's) and must then match it; `overrides` may only hold train options in
     dgm.train.RESUMABLE, and `steps` / `epochs` / `minutes` replace the run's length. `say(line)` hears what a resume
@@ -162,7 +182,7 @@ def train(family: str | None, data: str | None = None, *, steps: int = 0, epochs
         changed = _changes(cfg["train"], train_kw)
         data, image_size, data_dir = d["name"], d.get("image_size"), data_dir or d.get("data_dir")
     else:
-        data = data or "digits"
+        data = data or DEFAULT_DATA
         out = Path(out or default_run_folder(family, data))
         cls, model_kw, train_kw = _fresh_options(family, overrides, length, device)
         changed = []
@@ -174,7 +194,11 @@ def train(family: str | None, data: str | None = None, *, steps: int = 0, epochs
         model.prepare_training(ds, classifier=frozen_classifier(source, model.config.image_size, data_dir)
                                if source else None)
     extra = {"data": {"name": data, "image_size": ds.shape[1], "data_dir": str(data_dir) if data_dir else None}}
-    said = (lambda: say(f"resuming {out} with " + ", ".join(changed))) if resume and say and changed else None
+    if resume:
+        said = (lambda: say(f"resuming {out} with " + ", ".join(changed))) if say and changed else None
+    else:  # once the folder is ours: the first line says what trains, on what, for how long
+        line = length_line(cls.family, data, train_kw, default=not (length or any(k in overrides for k in LENGTH)))
+        said = (lambda: say(line)) if say else None
     trainer = Trainer(model, ds, tcfg, out, extra_config=extra, progress=progress, overwrite=overwrite,
                       on_start=said)
     trainer.fit(resume=resume, stop_at=stop_at)

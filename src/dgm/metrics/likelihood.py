@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from contextlib import nullcontext
 
 import torch
 
 from dgm.data import binarize, to_float
 from dgm.metrics.registry import HIGHER, LOWER, col, metric
+from dgm.progress import Progress
 
 # IWAE (k, test images) and bits/dim (test images, timesteps per image; 0 = all) of each preset; None = the whole split.
 PRESETS = {"default": {"k": 1000, "nll_n": 1000, "bpd_n": 1000, "bpd_t": 50},
@@ -90,10 +90,9 @@ def channels_last(model):
 
 
 def iwae_nll(model, x: torch.Tensor, k: int, *, chunk: int = 500, batch: int | None = None, precision: str = "fp32",
-             progress: bool = True, log=None, desc: str = "") -> torch.Tensor:
+             progress: bool = True, log=None, desc: str = "", cheaper: str = "") -> torch.Tensor:
     """Per-image IWAE estimate of -log p(x) in nats, float64 (N,), from `model.nll` calls of `chunk` samples for
     `batch` images (default: ROWS // chunk); see the module docstring. Noise comes from torch's global generator."""
-    from tqdm.auto import tqdm
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     chunk = max(1, min(chunk, k))
@@ -101,24 +100,20 @@ def iwae_nll(model, x: torch.Tensor, k: int, *, chunk: int = 500, batch: int | N
     sizes = [min(chunk, k - s) for s in range(0, k, chunk)]
     calls = math.ceil(len(x) / batch) * len(sizes)
     out = torch.empty(len(x), dtype=torch.float64)
-    bar = tqdm(total=len(x), desc=desc or f"IWAE k={k}", leave=False, disable=not progress)
-    t0, done = time.perf_counter(), 0
+    bar = Progress(calls, desc or f"IWAE k={k}", unit="call", log=log, enabled=progress, say_after=0,
+                   what=f"k={k} on {len(x)} images ({calls} calls of {min(batch, len(x))}x{sizes[0]} decoder rows)",
+                   cheaper=cheaper)
     with torch.inference_mode(), _autocast(model.device, precision):
         for i in range(0, len(x), batch):
             xb = x[i:i + batch].to(model.device)
             parts = []
             for m in sizes:
                 parts.append(math.log(m) - model.nll(xb, k=m).double().cpu())
-                done += 1
-                if done == 1 and log is not None and calls > 1:
-                    est = (time.perf_counter() - t0) * calls
-                    log(f"{desc or 'IWAE'}: k={k} on {len(x)} images, {calls} calls of {len(xb)}x{sizes[0]} decoder "
-                        f"rows: estimated {est / 60:.1f} min (from the first call)")
+                bar.update()
             out[i:i + len(xb)] = -(torch.logsumexp(torch.stack(parts), 0) - math.log(k))
             seen = out[:i + len(xb)]
-            bar.update(len(xb))
             if len(seen) > 1:
-                bar.set_postfix_str(f"nll {seen.mean():.2f} ± {seen.std() / math.sqrt(len(seen)):.2f}")
+                bar.set_postfix(f"nll {seen.mean():.2f} ± {seen.std() / math.sqrt(len(seen)):.2f}")
     bar.close()
     return out
 
@@ -165,7 +160,8 @@ def _nll(model, ctx):
     torch.manual_seed(ctx.seed)
     vals = iwae_nll(channels_last(model) if fast else model, x, plan["k"], chunk=int(ctx.options.get("nll_chunk", 500)),
                     batch=ctx.options.get("nll_batch"), precision=precision,
-                    progress=ctx.options.get("progress", True), log=ctx.log)
+                    progress=ctx.options.get("progress", True), log=ctx.log,
+                    cheaper="" if plan["k"] <= 100 else f"--k 100 (or --nll-n {max(100, plan['n'] // 10)})")
     rec = {**_stats(vals), "unit": "nats", "split": "test", "n": len(idx), "k": plan["k"], "preset": plan["preset"],
            "images": _which(idx, n_test, ctx.seed), "data": how,
            "protocol": "IWAE estimate (Burda et al. 2015); stderr over images"}

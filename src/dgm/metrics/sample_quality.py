@@ -22,6 +22,7 @@ import torch
 
 from dgm.metrics.classifier import domain_classifier
 from dgm.metrics.registry import HIGHER, LOWER, col, metric
+from dgm.progress import progress
 
 
 def can_sample(model) -> bool:
@@ -32,13 +33,13 @@ def can_sample(model) -> bool:
 def generated(model, ctx, batch_size: int = 500) -> torch.Tensor:
     """ctx.n samples as uint8 (N, C, H, W), drawn once per evaluate call from one seeded generator."""
     if "samples" not in ctx.memo:
-        from tqdm.auto import tqdm
-
         from dgm.metrics.fid import to_uint8_images
         g = torch.Generator().manual_seed(ctx.seed)
         out = []
         with torch.inference_mode():
-            for i in tqdm(range(0, ctx.n, batch_size), desc="sampling", leave=False):
+            for i in progress(range(0, ctx.n, batch_size), math.ceil(ctx.n / batch_size), "sampling",
+                              unit="batch", what=f"{ctx.n} samples", log=ctx.log,
+                              cheaper=f"--n {max(2, ctx.n // 4)} (FID needs more than 2048)"):
                 x = model.sample(min(batch_size, ctx.n - i), generator=g)
                 out.append(to_uint8_images(x.float().cpu()))
         ctx.memo["samples"] = torch.cat(out)
@@ -93,8 +94,10 @@ def feature_sets(kind: str, model, ctx) -> tuple[np.ndarray, np.ndarray, dict] |
         train = ctx.data("train")
         ref_n = int(ctx.options.get("ref_n", 10_000))
         idx = fid.reference_subset(len(train), ref_n, ctx.seed)
-        ref = fid.features(train.images[idx], ext, bs, desc=f"{kind} features (reference)")
-        fake = fid.features(generated(model, ctx), ext, bs, desc=f"{kind} features (samples)")
+        ref = fid.features(train.images[idx], ext, bs, desc=f"{kind} features (reference)", log=ctx.log,
+                           cheaper=f"--ref-n {max(2, ref_n // 4)}")
+        fake = fid.features(generated(model, ctx), ext, bs, desc=f"{kind} features (samples)", log=ctx.log,
+                            cheaper=f"--n {max(2, ctx.n // 4)}")
         ctx.memo[key] = (ref, fake, protocol(ext, ctx, len(ref), len(fake)))
     return ctx.memo[key]
 
@@ -121,8 +124,9 @@ def fid_record(kind: str, model, ctx) -> dict:
         return {}
     bs = int(ctx.options.get("batch_size", 50 if kind == "inception" else 500))
     ref = fid.reference_stats(name, ext, "train", ref_n, data_dir=ctx.data_dir, image_size=size, seed=ctx.seed,
-                              batch_size=bs)
-    fake = fid.features(generated(model, ctx), ext, bs, desc=f"{kind} features (samples)")
+                              batch_size=bs, log=ctx.log)
+    fake = fid.features(generated(model, ctx), ext, bs, desc=f"{kind} features (samples)", log=ctx.log,
+                        cheaper=f"--n {max(dim + 1, ctx.n // 4)}")
     value = fid.frechet_distance(ref["mu"], ref["sigma"], *fid.feature_stats(fake))
     rec = {"value": value, **protocol(ext, ctx, ref["n"], len(fake))}
     if kind == "inception" and ext.precision != "fp32":

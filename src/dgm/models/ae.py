@@ -24,6 +24,7 @@ class AEConfig(ImageConfig):
 
 @register("ae")
 class AE(GenerativeModel):
+    default_minutes = 1.0
     Config = AEConfig
 
     def __init__(self, config: AEConfig):

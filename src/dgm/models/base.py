@@ -45,6 +45,11 @@ class GenerativeModel(nn.Module):
     train_defaults: ClassVar[dict[str, Any]] = {}
     # True when `sample(callback=fn)` calls fn(i, t, x_t, x0_hat) at every step of an iterative sampler.
     sample_trajectory: ClassVar[bool] = False
+    # `dgm train FAMILY` with no length (--steps/--epochs/--minutes) trains this many minutes of process CPU time:
+    # what gives a recognisable picture on the default data (mnist-mini) with the family's default recipe.
+    default_minutes: ClassVar[float] = 2.0
+    # A helper network other families train with (the classifier), listed apart by `dgm list`.
+    helper: ClassVar[bool] = False
 
     def __init__(self, config):
         super().__init__()

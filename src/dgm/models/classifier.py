@@ -85,6 +85,7 @@ def random_zoom(x: torch.Tensor, z: float, generator: torch.Generator | None = N
 class Classifier(GenerativeModel):
     """conv-BN-ReLU stages (max-pooled between) -> global average pool -> Linear+ReLU (features) -> Linear (logits)."""
     Config = ClassifierConfig
+    helper = True  # trained by `dgm classifier train DATA` for the domain metrics and CycleGAN's semantic loss
     train_defaults = {"lr": 2e-3, "batch_size": 128, "lr_decay_start": 0.3, "weight_decay": 1e-4,
                       "optimizer": "adamw"}
 

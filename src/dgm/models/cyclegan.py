@@ -107,6 +107,7 @@ class CycleGAN(GenerativeModel):
     # Zhu et al. 2017 sec. 4: Adam 2e-4, beta1 0.5; lr constant for the first half, then linearly to 0.
     # Batch 1 in the paper; 16 here so a CPU step does useful work (instance norm is per image either way).
     train_defaults = {"lr": 2e-4, "betas": (0.5, 0.999), "lr_decay_start": 0.5, "batch_size": 16}
+    default_minutes = 3.0
 
     def __init__(self, config: CycleGANConfig):
         super().__init__(config)

@@ -40,7 +40,7 @@ from dgm.schedulers import (PREDICTIONS, EDMSchedule, FlowSchedule, NoiseSchedul
 OBJECTIVES = ("ddpm", "edm", "flow")
 # What a fresh `dgm train diffusion` trains (DiffusionConfig keeps "ddpm" so that configs written before `objective`
 # existed still load as what they are); see Diffusion.for_data.
-DEFAULT_OBJECTIVE = "ddpm"
+DEFAULT_OBJECTIVE = "flow"  # best FID per CPU-minute of the three (benchmarks/results/diffusion_objectives.md)
 DDPM_ONLY = ("timesteps", "schedule", "prediction", "min_snr_gamma", "variance")  # fields only "ddpm" reads
 TIME_SCALE = 1000.0  # network time input = TIME_SCALE * c_noise (edm) or TIME_SCALE * t (flow)
 DEFAULT_SAMPLER = {"ddpm": ("ddim", 50), "edm": ("heun", 35), "flow": ("heun", 35)}  # (sampler, network calls)
@@ -53,7 +53,7 @@ class DiffusionConfig(ImageConfig):
     schedule: str = "linear"                 # "linear" (Ho et al. 2020) or "cosine" (Nichol & Dhariwal 2021)
     prediction: str = "eps"                  # what the network outputs: "eps", "x0" or "v"
     min_snr_gamma: float = 0.0               # > 0: min-SNR-gamma loss weights (Hang et al. 2023; 5 is their choice)
-    base_channels: int = 32                  # UNet width at full resolution (default: ~1.1M parameters, CPU-sized)
+    base_channels: int = 24                  # UNet width at full resolution (default: ~0.6M parameters, CPU-sized)
     channel_mults: tuple[int, ...] = (1, 2, 2)
     num_res_blocks: int = 1
     attn_levels: tuple[int, ...] = (-1,)     # UNet levels with self-attention (-1: the lowest resolution)
@@ -104,7 +104,9 @@ def discretized_gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale
 class Diffusion(GenerativeModel):
     Config = DiffusionConfig
     sample_trajectory = True  # sample(callback=...) sees every step (the denoise figure, the studio)
-    train_defaults = {"lr": 2e-4, "ema_decay": 0.999, "grad_clip": 1.0, "warmup_steps": 200}
+    # The objectives pilot's settings (benchmarks/diffusion_objectives.py): small batches, a high lr, EMA.
+    train_defaults = {"lr": 1e-3, "batch_size": 32, "ema_decay": 0.999, "grad_clip": 1.0, "warmup_steps": 100}
+    default_minutes = 8.0
 
     def __init__(self, config: DiffusionConfig):
         super().__init__(config)
@@ -269,12 +271,13 @@ class Diffusion(GenerativeModel):
     @torch.inference_mode()
     def sample(self, n, *, cond=None, generator=None, sampler: str | None = None, steps: int | None = None,
                eta: float = 0.0, guidance: float = 1.0, s_churn: float | None = None, batch_size: int = 500,
-               compile: bool = False, callback=None):
+               compile: bool = False, callback=None, progress: bool = False):
         """(n, C, H, W) in [0, 1]. `sampler`: for the ddpm objective "ddpm" (all T steps unless `steps`), "ddim"
         (`eta` 0: deterministic) or "dpm++2m"; for edm and flow "heun" or "euler", `steps` counting network calls
         (edm: `s_churn` > 0 for stochastic sampling). `guidance` > 1 strengthens the class `cond` (classifier-free
         guidance). A seeded `generator` gives the same images every time. `callback(i, t, x_t, x0_hat)` sees every
-        network call (figures use it)."""
+        network call (figures use it). `progress`: a bar over the sampler's steps, and the estimated time first when
+        sampling is long (DDPM's 1000 steps), naming the cheaper sampler."""
         c = self.config
         cond = self._check_cond(n, cond, guidance)
         if self.device.type == "cpu":
@@ -286,6 +289,7 @@ class Diffusion(GenerativeModel):
             net = self._compiled
         x_all = randn((n, c.channels, c.image_size, c.image_size), generator, self.device)
         outs = []
+        bar = self._progress(n, batch_size, sampler, steps, eta, s_churn) if progress else None
         for start in range(0, n, batch_size):
             sch = self.scheduler(sampler, steps, eta, s_churn)
             x = x_all[start:start + batch_size]
@@ -298,8 +302,21 @@ class Diffusion(GenerativeModel):
                 x, x0 = sch.step(out, t, x, generator)
                 if callback is not None:
                     callback(i, t, x, x0)
+                if bar is not None:
+                    bar.update()
             outs.append(x)
+        if bar is not None:
+            bar.close()
         return ((torch.cat(outs) + 1) / 2).clamp(0, 1)
+
+    def _progress(self, n, batch_size, sampler, steps, eta, s_churn):
+        from dgm.progress import Progress
+        sch = self.scheduler(sampler, steps, eta, s_churn)
+        per, name = len(sch.timesteps), sampler or self.config.sampler
+        cheaper = ("--sampler ddim --steps 50" if name == "ddpm" else
+                   f"--steps {max(2, per // 4)}" if per > 8 else "")
+        return Progress(per * math.ceil(n / batch_size), "sampling", unit="step", cheaper=cheaper,
+                        what=f"{n} samples, {per} {name} steps each")
 
     def preview(self, batch, generator):
         """Training grids: 36 samples with 10 DPM-Solver++ steps, cheap enough to draw often on a CPU."""

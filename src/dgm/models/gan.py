@@ -141,6 +141,7 @@ class GAN(GenerativeModel):
     phases = ("d", "g")
     # Radford et al. 2016: Adam lr 2e-4, beta1 0.5, batch 128 (64 here: more updates per CPU second).
     train_defaults = {"lr": 2e-4, "betas": (0.5, 0.999), "batch_size": 64}
+    default_minutes = 3.0
 
     def __init__(self, config: GANConfig):
         super().__init__(config)

@@ -1,0 +1,73 @@
+"""Long loops say what they will cost before most of the work is done (issue 22: cost before work).
+
+Every loop over a known number of units (sampling batches, Inception batches, IWAE calls, encoding chunks, network
+calls of a sampler) goes through `Progress`: a tqdm bar with an ETA, and once the first unit is timed, one line with
+the estimate for the whole loop, naming the cheaper option when the estimate is long.
+
+    bar = Progress(total=40, desc="Inception features", unit="batch", log=print, cheaper="--n 2000")
+    for i in range(40):
+        work(i)
+        bar.update()
+    bar.close()
+
+The estimate is the first unit's time times the units; the first unit often includes one-off warm-up, so it errs
+on the long side.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Callable, Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+SAY_AFTER_S = 60.0  # an estimate above this is printed (with the cheaper option); shorter loops only show the bar
+
+
+def minutes_text(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def stderr_line(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+class Progress:
+    """A tqdm bar over `total` units; after the first `update`, `log(line)` hears the estimated time of the whole
+    loop when it exceeds `say_after` seconds (always when `say_after` is 0), with `cheaper` appended."""
+
+    def __init__(self, total: int, desc: str, *, unit: str = "it", log: Callable[[str], None] | None = stderr_line,
+                 cheaper: str = "", what: str = "", enabled: bool = True, say_after: float = SAY_AFTER_S):
+        from tqdm.auto import tqdm
+        self.total, self.desc, self.log, self.cheaper, self.what = total, desc, log, cheaper, what
+        self.unit = unit
+        self.say_after, self.done, self.estimate = say_after, 0, None
+        self.t0 = time.perf_counter()
+        self.bar = tqdm(total=total, desc=desc, unit=unit, leave=False, disable=not enabled, dynamic_ncols=True)
+
+    def update(self, n: int = 1) -> None:
+        first = self.done == 0
+        self.done += n
+        self.bar.update(n)
+        if first and self.total > self.done:
+            self.estimate = (time.perf_counter() - self.t0) / self.done * self.total
+            if self.log is not None and self.estimate >= self.say_after:
+                line = (f"{self.desc}: estimated {minutes_text(self.estimate)} for "
+                        f"{self.what or f'{self.total} {self.unit}'} (timed on the first)")
+                self.log(line + (f"; cheaper: {self.cheaper}" if self.cheaper else ""))
+
+    def set_postfix(self, text: str) -> None:
+        self.bar.set_postfix_str(text)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def progress(items: Iterable[T], total: int, desc: str, **kw) -> Iterator[T]:
+    """`for x in progress(items, total, desc, ...)`: the items, one `Progress.update` after each."""
+    bar = Progress(total, desc, **kw)
+    try:
+        for x in items:
+            yield x
+            bar.update()
+    finally:
+        bar.close()
