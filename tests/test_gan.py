@@ -335,6 +335,24 @@ def test_phase_repeats_per_instance():
     assert tiny(d_lr=4e-4, g_lr=1e-4).phase_options("d") == {"lr": 4e-4}
 
 
+def test_two_time_scales_by_default_for_fresh_runs(tmp_path):
+    from dgm.data import load_dataset
+    from dgm.train import TrainConfig, Trainer
+    data = load_dataset("digits", "train", image_size=16)
+    fresh = GAN.for_data(data, {"width": 8, "latent_dim": 4})
+    assert fresh.config.ttur == 4.0 and fresh.phase_options("g") == {"lr_scale": 2.0}
+    assert fresh.phase_options("d") == {"lr_scale": 0.5}
+    t = Trainer(fresh, data, TrainConfig(steps=1, lr=2e-4, batch_size=8), tmp_path / "r", progress=False)
+    assert t.opts["g"].param_groups[0]["lr"] == pytest.approx(4e-4)
+    assert t.opts["d"].param_groups[0]["lr"] == pytest.approx(1e-4)
+    # Asked for one lr (or for G's and D's own), a fresh run gets it; a saved config without ttur loads with 1.
+    assert GAN.for_data(data, {"width": 8, "g_lr": 3e-4}).config.ttur == 1.0
+    assert GAN.for_data(data, {"width": 8, "ttur": 1.0}).phase_options("g") == {}
+    assert tiny().config.ttur == 1.0
+    with pytest.raises(ValueError, match="ttur must be a positive number"):
+        tiny(ttur=0.0)
+
+
 def test_phase_parameters_split_g_and_d():
     m = tiny(conditional=True, num_classes=10)
     g, d = set(map(id, m.phase_parameters("g"))), set(map(id, m.phase_parameters("d")))

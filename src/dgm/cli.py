@@ -19,12 +19,12 @@ EPILOG = {
   dgm train gan --data mnist --steps 5000 --set loss=hinge --set spectral_norm=true   # DCGAN; also ns, minimax, lsgan
   dgm train gan --data mnist --set loss=wgan-gp --set lr=1e-4 --set betas=0,0.9 --set conditional=true
   dgm train vae --minutes 10 --out runs/vae_10min # 10 minutes of process CPU time instead of a step count
-  dgm train vae --out runs/vae_digits --resume    # continue a killed run exactly
-  dgm train vae --out runs/vae_digits --resume --steps 5000 --set lr=2e-4   # extend it, with a new lr
-  dgm train vae --out runs/vae_digits --overwrite # replace the run in that folder
+  dgm train vae --out runs/vae_mnist-mini --resume    # continue a killed run exactly
+  dgm train vae --out runs/vae_mnist-mini --resume --steps 5000 --set lr=2e-4   # extend it, with a new lr
+  dgm train vae --out runs/vae_mnist-mini --overwrite # replace the run in that folder
   torchrun --nproc_per_node 2 -m dgm.cli train vae --data mnist   # data-parallel""",
     "sample": """examples:
-  dgm sample runs/vae_digits -n 64 -o samples.png --seed 3
+  dgm sample runs/vae_mnist-mini -n 64 -o samples.png --seed 3
   dgm sample runs/diffusion_mnist --sampler ddim --steps 50
   dgm sample runs/diffusion_mnist --sampler dpm++2m --steps 20 --guidance 3 --class 7   # conditional model""",
     "evaluate": """examples:
@@ -52,13 +52,13 @@ EPILOG = {
   dgm traverse runs/bvae                        # runs/bvae/traversal.png (+ .gif): one row per latent, sorted by KL
   dgm traverse runs/bvae --seed-index 17 --steps 12 --limit 2.5 --dims 6 -o trav.png""",
     "reconstruct": """examples:
-  dgm reconstruct runs/vae_digits                 # runs/vae_digits/reconstructions.png
+  dgm reconstruct runs/vae_mnist-mini                 # runs/vae_mnist-mini/reconstructions.png
   dgm reconstruct runs/ae_mnist -n 64 -o recon.png""",
     "interpolate": """examples:
-  dgm interpolate runs/vae_digits                 # 6 rows of 10 images between pairs of test images
+  dgm interpolate runs/vae_mnist-mini                 # 6 rows of 10 images between pairs of test images
   dgm interpolate runs/gan_mnist --pairs 4 --steps 12 --seed 1 -o walk.png   # a GAN: between random codes""",
     "latent": """examples:
-  dgm latent runs/ae_digits                       # the lecture's 2-D latent picture (train with --set latent_dim=2)
+  dgm latent runs/ae_mnist-mini                       # the lecture's 2-D latent picture (train with --set latent_dim=2)
   dgm latent runs/vae_mnist -n 10000 -o latent.png""",
     "demo": """examples:
   dgm demo                                        # ~5 min on 2 cores: runs/demo/index.html + summary.png
@@ -72,7 +72,7 @@ data: mnist-mini, 12,000 real MNIST digits packaged with dgm (Yann LeCun and Cor
   dgm list                                        # the families you can train and the datasets you can name""",
     "serve": """examples:
   dgm serve                                       # every run under ./runs at http://127.0.0.1:8000/
-  dgm serve runs/vae_digits --port 8080           # one run folder
+  dgm serve runs/vae_mnist-mini --port 8080           # one run folder
   dgm serve runs --data-dir ~/data --device cuda  # test images for the latent sliders from ~/data
 needs the serve extra: pip install 'dgm[serve]'""",
 }

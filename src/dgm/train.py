@@ -250,6 +250,7 @@ class Trainer:
         self.opts = {}
         for phase in model.phases:
             o = {"lr": c.lr, "betas": tuple(c.betas), "weight_decay": c.weight_decay, **model.phase_options(phase)}
+            o["lr"] = o["lr"] * o.pop("lr_scale", 1.0)  # a phase may scale the train lr instead of replacing it
             cls = torch.optim.AdamW if c.optimizer == "adamw" else torch.optim.Adam
             self.opts[phase] = make_optimizer(cls, model.phase_parameters(phase), **o)
         self.base_lrs = {p: [g["lr"] for g in o.param_groups] for p, o in self.opts.items()}

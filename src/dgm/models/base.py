@@ -95,7 +95,8 @@ class GenerativeModel(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     def phase_options(self, phase: str) -> dict[str, Any]:
-        """Optimiser overrides for a phase, e.g. {"lr": 4e-4}; empty means the train config's values."""
+        """Optimiser overrides for a phase, e.g. {"lr": 4e-4}, or {"lr_scale": 2.0} to multiply the train lr; empty
+        means the train config's values."""
         return {}
 
     def prepare_training(self, data, *, classifier: GenerativeModel | None = None) -> None:

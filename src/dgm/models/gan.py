@@ -34,6 +34,7 @@ when the generator collapses (dgm.figures.gan, dgm.metrics.gan_health).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -58,7 +59,10 @@ ARCHS = ("dcgan", "resnet", "mlp")
 class GANConfig(ImageConfig):
     arch: str = "dcgan"                      # "dcgan" (28, 32, 64 px, ...), "resnet" (same sizes) or "mlp"
     latent_dim: int = 100
-    width: int = 64                          # DCGAN / ResNet: channels of D's first level; doubled per level
+    # Defaults: the best of the candidates at `dgm train gan`'s 3 CPU-minutes on mnist-mini (BENCHMARKS.md
+    # "Defaults": domain FID 13.6 against 32.4 for width 64 with one lr and no EMA): width 32, G's lr four times D's
+    # (two time-scale updates: ttur=4, set by for_data for fresh runs), EMA 0.99.
+    width: int = 32                          # DCGAN / ResNet: channels of D's first level; doubled per level
     mlp_hidden: tuple[int, ...] = (256, 512, 1024)  # MLP G's hidden sizes (D uses them reversed)
     loss: str = "ns"                         # one of LOSSES
     gp_weight: float = 10.0                  # lambda of WGAN-GP
@@ -67,8 +71,9 @@ class GANConfig(ImageConfig):
     d_norm: str = "auto"                     # "batch", "layer", "none"; auto: none with SN or WGAN-GP, else batch
     g_norm: str = "batch"                    # normalisation inside G ("none" for the MLP G of Goodfellow 2014)
     d_dropout: float = 0.0                   # dropout in the MLP discriminator
-    g_lr: float = 0.0                        # 0: the train lr
-    d_lr: float = 0.0                        # 0: the train lr
+    g_lr: float = 0.0                        # > 0: G's lr (else from the train lr and ttur)
+    d_lr: float = 0.0                        # > 0: D's lr (else from the train lr and ttur)
+    ttur: float = 1.0                        # G's lr / D's lr around the train lr: G lr*sqrt(ttur), D lr/sqrt(ttur)
     conditional: bool = False                # class-conditional G and D (needs a labelled dataset)
     r1: float = 0.0                          # gamma of R1 = gamma / 2 E||grad_x D(x)||^2 on real images (0: off)
     r2: float = 0.0                          # gamma of R2: the same on generated images (0: off)
@@ -140,7 +145,7 @@ class GAN(GenerativeModel):
     Config = GANConfig
     phases = ("d", "g")
     # Radford et al. 2016: Adam lr 2e-4, beta1 0.5, batch 128 (64 here: more updates per CPU second).
-    train_defaults = {"lr": 2e-4, "betas": (0.5, 0.999), "batch_size": 64}
+    train_defaults = {"lr": 2e-4, "betas": (0.5, 0.999), "batch_size": 64, "ema_decay": 0.99}
     default_minutes = 3.0
 
     def __init__(self, config: GANConfig):
@@ -150,6 +155,8 @@ class GAN(GenerativeModel):
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {c.loss!r}")
         if c.arch not in ARCHS:
             raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {c.arch!r}")
+        if not (math.isfinite(c.ttur) and c.ttur > 0):
+            raise ValueError(f"ttur must be a positive number (G's lr / D's lr), got {c.ttur}")
         if c.conditional and c.num_classes < 2:
             raise ValueError("conditional=true needs a labelled dataset (num_classes >= 2)")
         if c.latent_dim < 1 or c.n_critic < 0 or c.gp_weight < 0 or c.width < 1:
@@ -250,8 +257,24 @@ class GAN(GenerativeModel):
         return self.d_params() if phase == "d" else list(self.G.parameters())
 
     def phase_options(self, phase):
-        lr = self.config.d_lr if phase == "d" else self.config.g_lr
-        return {"lr": lr} if lr > 0 else {}
+        """G's and D's learning rates: g_lr / d_lr when set, else the train lr scaled by ttur (Heusel et al. 2017's
+        two time-scale rule; the geometric mean stays the train lr)."""
+        c = self.config
+        lr = c.d_lr if phase == "d" else c.g_lr
+        if lr > 0:
+            return {"lr": lr}
+        if c.ttur != 1.0:
+            return {"lr_scale": math.sqrt(c.ttur) if phase == "g" else 1 / math.sqrt(c.ttur)}
+        return {}
+
+    @classmethod
+    def for_data(cls, data, options=None):
+        """A fresh model: ttur = 4 (the default recipe) unless the options set ttur, g_lr or d_lr; a saved config
+        from before `ttur` existed loads with 1, the single lr it was trained with."""
+        options = dict(options or {})
+        if not any(k in options for k in ("ttur", "g_lr", "d_lr")):
+            options["ttur"] = 4.0
+        return super().for_data(data, options)
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         """What D sees of a batch in training: DiffAugment's transform with the configured policy (identity if
