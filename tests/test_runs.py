@@ -156,58 +156,13 @@ def test_a_second_trainer_on_a_locked_folder_fails_at_once(tmp_path, digits8):
         pass
 
 
-KILL_SCRIPT = """
-import sys, time, torch
-from dgm.data import load_dataset
-from dgm.models.vae import VAE, VAEConfig
-from dgm.train import TrainConfig, Trainer
-torch.manual_seed(123)
-model = VAE(VAEConfig(channels=1, image_size=8, latent_dim=4, conv_channels=(8, 16)))
-real = model.loss
-def loss(batch, phase="main"):
-    if model.step == 6:
-        print("HOLD", flush=True)
-        time.sleep(600)
-    return real(batch, phase)
-model.loss = loss
-cfg = TrainConfig(steps=12, batch_size=32, ckpt_every=4, log_every=2, ema_decay=0.9, seed=5)
-Trainer(model, load_dataset("digits", "train", image_size=8), cfg, sys.argv[1], progress=False).fit()
-"""
-
-
-def test_kill_9_after_the_first_checkpoint_then_resume(tmp_path, digits8):
-    trainer(tmp_path / "full", digits8, steps=12).fit()
-    run = tmp_path / "killed"
-    (tmp_path / "kill.py").write_text(KILL_SCRIPT)
-    child = subprocess.Popen([sys.executable, str(tmp_path / "kill.py"), str(run)], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=ENV)
-    try:
-        assert child.stdout.readline().strip() == "HOLD", child.stderr.read()[-3000:]
-        # The child is inside step 6 with its checkpoint at step 4: a second trainer is refused, naming it.
-        with pytest.raises(RunLocked, match=f"pid {child.pid}"):
-            trainer(run, digits8, steps=12).fit(resume=True)
-        cfg = config(run)
-        assert cfg["status"] == "unfinished" and cfg["progress"]["checkpoint_step"] == 4
-    finally:
-        child.kill()
-        child.wait(60)
-    assert child.returncode == -signal.SIGKILL
-    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 4
-    assert [r["step"] for r in rows(run)] == [2, 4, 6]
-    dgm.load(run)                                           # the step-4 weights load
-    t = trainer(run, digits8, steps=12)                     # the OS dropped the dead child's lock
-    t.fit(resume=True)
-    assert t.step == 12 and config(run)["status"] == "finished"
-    assert same_weights(tmp_path / "full", run)
-    assert [r["step"] for r in rows(run)] == [2, 4, 6, 8, 10, 12]
-
-
 FAMILY_KILL_SCRIPT = """
 import sys, time, torch
 from dgm.data import load_dataset
 from dgm.registry import get_family
 from dgm.train import TrainConfig, Trainer
-TINY = {"ae": {"latent_dim": 2, "conv_channels": (4, 8)}, "beta-vae": {"latent_dim": 2, "conv_channels": (4, 8)},
+TINY = {"vae": {"latent_dim": 4, "conv_channels": (8, 16)},
+        "ae": {"latent_dim": 2, "conv_channels": (4, 8)}, "beta-vae": {"latent_dim": 2, "conv_channels": (4, 8)},
         "gan": {"width": 8, "latent_dim": 4}, "diffusion": {"base_channels": 8, "channel_mults": (1, 2)},
         "cyclegan": {"gen_width": 4, "gen_blocks": 1, "disc_width": 4, "pool_size": 4}}
 
@@ -235,13 +190,14 @@ else:  # resume ROOT FAMILIES: per family an uninterrupted reference in ROOT/F/f
         t.fit(resume=True)
         print(family, t.step, flush=True)
 """
-KILLED_FAMILIES = ("ae", "beta-vae", "gan", "diffusion", "cyclegan")
+KILLED_FAMILIES = ("vae", "ae", "beta-vae", "gan", "diffusion", "cyclegan")
 
 
 def test_kill_9_then_resume_is_exact_for_every_family(tmp_path):
-    """The VAE's test above, for each other family (tiny nets, 16x16 digits): each killed with SIGKILL inside step 6
-    (checkpoint at 4), resumed by a fresh process, ends with the weights of an uninterrupted run, bit for bit. The
-    killed trainers run side by side and the resumes share one process: a few interpreter starts in all."""
+    """Every family (tiny nets, 16x16 digits), killed with SIGKILL inside step 6 (checkpoint at 4) and resumed by a
+    fresh process, ends with the weights of an uninterrupted run, bit for bit; while the killed trainer lives, a
+    second one on its folder is refused, naming it. The killed trainers run side by side and the resumes share one
+    process: a few interpreter starts in all."""
     script = tmp_path / "kill.py"
     script.write_text(FAMILY_KILL_SCRIPT)
     children = {f: subprocess.Popen([sys.executable, str(script), "hold", f, str(tmp_path / f / "killed")],
@@ -250,6 +206,9 @@ def test_kill_9_then_resume_is_exact_for_every_family(tmp_path):
     try:
         for f, child in children.items():
             assert child.stdout.readline().strip() == "HOLD", (f, child.stderr.read()[-3000:])
+        with pytest.raises(RunLocked, match=f"pid {children['vae'].pid}"):
+            trainer(tmp_path / "vae" / "killed", load_dataset("digits", "train", image_size=8), steps=12).fit(
+                resume=True)
     finally:
         for child in children.values():
             child.kill()
@@ -258,6 +217,9 @@ def test_kill_9_then_resume_is_exact_for_every_family(tmp_path):
         run = tmp_path / f / "killed"
         assert child.returncode == -signal.SIGKILL, f
         assert config(run)["status"] == "unfinished" and config(run)["progress"]["checkpoint_step"] == 4, f
+        assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 4, f
+        assert [r["step"] for r in rows(run)] == [2, 4, 6], f
+        dgm.load(run)                                   # the step-4 weights load; the OS dropped the dead lock
     done = subprocess.run([sys.executable, str(script), "resume", str(tmp_path), ",".join(KILLED_FAMILIES)],
                           capture_output=True, text=True, env=ENV, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -61,7 +61,7 @@ EPILOG = {
   dgm latent runs/ae_mnist-mini                       # the lecture's 2-D latent picture (train with --set latent_dim=2)
   dgm latent runs/vae_mnist -n 10000 -o latent.png""",
     "demo": """examples:
-  dgm demo                                        # ~5 min on 2 cores: runs/demo/index.html + summary.png
+  dgm demo                                        # ~4 min on 2 idle cores: runs/demo/index.html + summary.png
   dgm demo --scale 3                              # three times each CPU budget (sharper pictures)
   dgm demo --only ae,vae --jobs 1                 # just the AE/VAE comparison, in this process
   dgm demo --out /tmp/demo --steps 20             # a quick check: 20 steps per run

@@ -23,6 +23,7 @@ from dgm.data import load_dataset, to_float
 from dgm.io import load, write_json
 from dgm.metrics.registry import HIGHER, col, metric
 from dgm.models.classifier import INFO, NATIVE, Classifier, classifier_dir
+from dgm.progress import stderr_line
 from dgm.train import TrainConfig, Trainer
 
 # Per-dataset training recipes that reach the accuracy targets of docs/EVALUATION.md (BENCHMARKS.md has the numbers):
@@ -81,6 +82,9 @@ def get_classifier(dataset: str, data_dir=None, train_if_missing: bool = True, i
             size = f" --image-size {image_size}" if image_size else ""
             raise FileNotFoundError(f"no domain classifier for {dataset!r} in {d}; train it with "
                                     f"`dgm classifier train {dataset}{size}` (a few minutes on a CPU)")
+        epochs = RECIPES.get(dataset.strip().lower(), {}).get("epochs", DEFAULT_EPOCHS)
+        stderr_line(f"dgm: no cached domain classifier for {dataset}: training one first ({epochs} epochs, minutes on "
+                    f"a CPU; once: cached in {d}, or train it ahead with `dgm classifier train {dataset}`)")
         train_classifier(dataset, data_dir=data_dir, image_size=image_size, cache_dir=cache_dir, progress=progress)
     model = load(d, device)
     model.test_accuracy = json.loads((d / INFO).read_text())["test_accuracy"]
