@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import time
 from typing import Callable, Sequence
 
 import numpy as np
@@ -214,8 +215,10 @@ def sap(rep: Rep, factor_sizes: Sequence[int], *, seed: int = 0, n_train: int = 
     return {"sap_continuous" if continuous_factors else "sap": float(gap.mean())}
 
 
-def all_metrics(rep: Rep, factor_sizes: Sequence[int] | None = None, *, seed: int = 0, **sizes) -> dict[str, float]:
-    """All five metrics with disentanglement_lib's sample sizes (PROTOCOL), each overridable by name."""
+def all_metrics(rep: Rep, factor_sizes: Sequence[int] | None = None, *, seed: int = 0, log=None,
+                **sizes) -> dict[str, float]:
+    """All five metrics with disentanglement_lib's sample sizes (PROTOCOL), each overridable by name; `log(line)`
+    hears each metric as it starts and its time (a full protocol takes minutes)."""
     if factor_sizes is None:
         from dgm.data.dsprites import FACTOR_SIZES
         factor_sizes = FACTOR_SIZES
@@ -223,15 +226,24 @@ def all_metrics(rep: Rep, factor_sizes: Sequence[int] | None = None, *, seed: in
     unknown = set(s) - set(PROTOCOL)
     if unknown:
         raise ValueError(f"unknown sample-size option(s) {sorted(unknown)}; valid: {sorted(PROTOCOL)}")
+    steps = [
+        ("BetaVAE score", lambda: beta_vae_score(rep, factor_sizes, seed=seed, n_train=s["beta_train"],
+                                                 n_eval=s["beta_eval"], batch_size=s["batch_size"])),
+        ("FactorVAE score", lambda: factor_vae_score(rep, factor_sizes, seed=seed, n_var=s["factor_var"],
+                                                     n_train=s["factor_train"], n_eval=s["factor_eval"],
+                                                     batch_size=s["batch_size"])),
+        ("MIG", lambda: mig(rep, factor_sizes, seed=seed, n=s["mig_n"])),
+        ("DCI", lambda: dci(rep, factor_sizes, seed=seed, n_train=s["dci_train"], n_test=s["dci_test"])),
+        ("SAP", lambda: sap(rep, factor_sizes, seed=seed, n_train=s["sap_train"], n_test=s["sap_test"])),
+        ("SAP (continuous)", lambda: sap(rep, factor_sizes, seed=seed, n_train=s["sap_train"],
+                                         continuous_factors=True)),
+    ]
     out = {}
-    out.update(beta_vae_score(rep, factor_sizes, seed=seed, n_train=s["beta_train"], n_eval=s["beta_eval"],
-                              batch_size=s["batch_size"]))
-    out.update(factor_vae_score(rep, factor_sizes, seed=seed, n_var=s["factor_var"], n_train=s["factor_train"],
-                                n_eval=s["factor_eval"], batch_size=s["batch_size"]))
-    out.update(mig(rep, factor_sizes, seed=seed, n=s["mig_n"]))
-    out.update(dci(rep, factor_sizes, seed=seed, n_train=s["dci_train"], n_test=s["dci_test"]))
-    out.update(sap(rep, factor_sizes, seed=seed, n_train=s["sap_train"], n_test=s["sap_test"]))
-    out.update(sap(rep, factor_sizes, seed=seed, n_train=s["sap_train"], continuous_factors=True))
+    for i, (name, run) in enumerate(steps, 1):
+        t0 = time.perf_counter()
+        out.update(run())
+        if log is not None:
+            log(f"disentanglement {i}/{len(steps)}: {name} done in {time.perf_counter() - t0:.0f} s")
     return out
 
 
@@ -324,7 +336,7 @@ def _disentanglement(model, ctx):
         train = ctx.data("train")
         rep, factor_sizes = lookup_representation(model, train)
         what = f"{train.name} train split, all {len(train):,} images"
-    res = all_metrics(rep, factor_sizes, seed=ctx.seed, **sizes)
+    res = all_metrics(rep, factor_sizes, seed=ctx.seed, log=ctx.log, **sizes)
     proto = {"data": what, "representation": "posterior mean", "seed": ctx.seed,
              "sizes": " ".join(f"{k}={v}" for k, v in sizes.items()),
              "protocol": "disentanglement_lib (Locatello et al. 2019)"}

