@@ -464,7 +464,8 @@ class Trainer:
     @contextlib.contextmanager
     def stop_on_signals(self):
         """While training, SIGTERM and SIGINT ask the loop to stop at the next step boundary (after a checkpoint);
-        a second SIGINT raises KeyboardInterrupt at once. Main thread only (Python's rule); handlers are restored."""
+        a second SIGINT raises KeyboardInterrupt at once. Main thread only (Python's rule); handlers are restored. A
+        signal the process was started ignoring stays ignored (Unix custom: `cmd &` in a script ignores SIGINT)."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -473,7 +474,8 @@ class Trainer:
             if self._signal is not None and signum == signal.SIGINT:
                 raise KeyboardInterrupt
             self._signal = signum
-        previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)
+                    if signal.getsignal(s) is not signal.SIG_IGN}
         try:
             yield
         finally:
