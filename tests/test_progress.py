@@ -54,4 +54,4 @@ def test_diffusion_sampling_counts_every_step_and_names_the_cheaper_sampler(monk
     m = Diffusion(DiffusionConfig(channels=1, image_size=8, base_channels=8, channel_mults=(1,), attn_levels=(),
                                   objective="ddpm", timesteps=20)).eval()
     m.sample(3, sampler="ddpm", batch_size=2, progress=True)   # two batches of all 20 steps
-    assert seen == [(40, "3 samples, 20 ddpm steps each", "--sampler ddim --steps 50")] and len(updates) == 40
+    assert seen == [(40, "3 samples, 20 network calls each (ddpm)", "--sampler ddim --steps 50")] and len(updates) == 40

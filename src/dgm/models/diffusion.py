@@ -316,7 +316,7 @@ class Diffusion(GenerativeModel):
         cheaper = ("--sampler ddim --steps 50" if name == "ddpm" else
                    f"--steps {max(2, per // 4)}" if per > 8 else "")
         return Progress(per * math.ceil(n / batch_size), "sampling", unit="step", cheaper=cheaper,
-                        what=f"{n} samples, {per} {name} steps each")
+                        what=f"{n} samples, {per} network calls each ({name})")
 
     def preview(self, batch, generator):
         """Training grids: 36 samples with 10 DPM-Solver++ steps, cheap enough to draw often on a CPU."""
