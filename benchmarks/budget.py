@@ -93,6 +93,11 @@ def run_name(family: str, minutes: float) -> str:
     return f"{family}_{fmt_minutes(minutes).replace('.', 'p')}min"
 
 
+def portable(text: str) -> str:
+    """Results as another machine reads them: no interpreter path, paths relative to the repository."""
+    return text.replace(sys.executable, "python").replace(str(ROOT) + os.sep, "")
+
+
 # -- the evaluation protocol -----------------------------------------------------------------------------------
 def metric_plan(metric: str, a) -> tuple[list[str], int, dict]:
     """(metrics for evaluate, n, options) of one metric under the harness's protocol."""
@@ -198,8 +203,8 @@ class Harness:
     def save(self) -> None:
         with self.lock:
             self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.out / "budget.json", json.dumps(self.state, indent=1, sort_keys=False) + "\n")
-            atomic_write(self.out / "budget.md", render_md(self.state))
+            atomic_write(self.out / "budget.json", portable(json.dumps(self.state, indent=1, sort_keys=False)) + "\n")
+            atomic_write(self.out / "budget.md", portable(render_md(self.state)))
 
     def env(self) -> dict:
         e = dict(os.environ)
@@ -395,7 +400,8 @@ def render_md(state: dict) -> str:
              f"Budget: {p.get('budget')}; {p.get('threads')} thread(s) per run, cores {p.get('cores')}, "
              f"{p.get('jobs')} job(s) at a time. {p.get('defaults')}.", "",
              f"- sample quality: {p.get('fid')}", f"- VAE: {p.get('nll')}", f"- AE: {p.get('cluster')}",
-             f"- diffusion: {p.get('bpd')}", "",
+             *([f"- diffusion: {p.get('bpd')}"] if any("bpd" in c.get("metrics", {}) for c in cells.values())
+               else []), "",
              "| family | " + " | ".join(f"{fmt_minutes(b)} CPU-min" for b in budgets) + " |",
              "|---|" + "---|" * len(budgets)]
     for f in fams:
