@@ -64,7 +64,7 @@ EPILOG = {
   dgm demo                                        # ~4 min on 2 idle cores: runs/demo/index.html + summary.png
   dgm demo --scale 3                              # three times each CPU budget (sharper pictures)
   dgm demo --only ae,vae --jobs 1                 # just the AE/VAE comparison, in this process
-  dgm demo --out /tmp/demo --steps 20             # a quick check: 20 steps per run
+  dgm demo --out runs/demo_quick --steps 20       # a quick check: 20 steps per run
   dgm serve runs/demo                             # then: the studio over the same runs
 parts: ae, vae (2-D latents), beta_vae, gan, cyclegan (mnist-mini <-> digits), diffusion;
 data: mnist-mini, 12,000 real MNIST digits packaged with dgm (Yann LeCun and Corinna Cortes, CC BY-SA 3.0)""",

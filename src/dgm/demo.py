@@ -7,7 +7,7 @@ labelled summary picture, RUN/summary.png. `dgm serve RUN` opens the studio over
 
     from dgm.demo import run_demo
     page = run_demo("runs/demo")                     # 6.7 CPU-minutes of training in all
-    page = run_demo("/tmp/d", steps=5, jobs=1)       # a few steps each, in this process (tests)
+    page = run_demo("runs/demo_quick", steps=5, jobs=1)   # a few steps each, in this process (tests)
 
 The runs, their budgets and options are PARTS; what the page says about them is SECTIONS.
 """

@@ -40,7 +40,7 @@ class Progress:
         from tqdm.auto import tqdm
         self.total, self.desc, self.log, self.cheaper, self.what = total, desc, log, cheaper, what
         self.unit = unit
-        self.say_after, self.done, self.estimate = say_after, 0, None
+        self.say_after, self.done = say_after, 0
         self.t0 = time.perf_counter()
         self.bar = tqdm(total=total, desc=desc, unit=unit, leave=False, disable=not enabled, dynamic_ncols=True)
 
@@ -49,9 +49,9 @@ class Progress:
         self.done += n
         self.bar.update(n)
         if first and self.total > self.done:
-            self.estimate = (time.perf_counter() - self.t0) / self.done * self.total
-            if self.log is not None and self.estimate >= self.say_after:
-                line = (f"{self.desc}: estimated {minutes_text(self.estimate)} for "
+            estimate = (time.perf_counter() - self.t0) / self.done * self.total
+            if self.log is not None and estimate >= self.say_after:
+                line = (f"{self.desc}: estimated {minutes_text(estimate)} for "
                         f"{self.what or f'{self.total} {self.unit}'} (timed on the first)")
                 self.log(line + (f"; cheaper: {self.cheaper}" if self.cheaper else ""))
 

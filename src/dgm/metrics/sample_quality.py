@@ -39,7 +39,7 @@ def generated(model, ctx, batch_size: int = 500) -> torch.Tensor:
         with torch.inference_mode():
             for i in progress(range(0, ctx.n, batch_size), math.ceil(ctx.n / batch_size), "sampling",
                               unit="batch", what=f"{ctx.n} samples", log=ctx.log,
-                              cheaper=f"--n {max(2, ctx.n // 4)} (FID needs more than 2048)"):
+                              cheaper=f"--n {max(2, ctx.n // 4)}"):
                 x = model.sample(min(batch_size, ctx.n - i), generator=g)
                 out.append(to_uint8_images(x.float().cpu()))
         ctx.memo["samples"] = torch.cat(out)
