@@ -44,7 +44,6 @@ def cmd_train(a):
 
 
 def cmd_eval(a):
-    from dgm.grids import save_grid
     from dgm.io import load
     from dgm.metrics import fid
     run = Path(a.run)
@@ -60,27 +59,59 @@ def cmd_eval(a):
         spec, n = row.split(":")
         sampler, calls = spec.rsplit("-", 1)
         n, calls = int(n), int(calls)
-        g = torch.Generator().manual_seed(0)
-        t0 = time.process_time()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
-            x = model.sample(n, generator=g, sampler=sampler, steps=calls, batch_size=500)
-        t_sample = time.process_time() - t0
-        save_grid(x[:64], run / f"bench_{sampler}-{calls}.png")
-        t0 = time.process_time()
-        f = fid.features(fid.to_uint8_images(x), inc, 50, progress=False)
+        cache = run / "bench_cache" / f"{spec}_step{cfg['progress']['steps']}"
+        f, t_sample, t_feat = sample_features(model, inc, cache, sampler, calls, n, a.precision, a.chunk)
         score = fid.frechet_distance(ref["mu"], ref["sigma"], *fid.feature_stats(f))
         r = {"run": str(run), "objective": cfg["model"].get("objective", "ddpm"), "sampler": sampler,
              "network_calls": calls, "n": n, "inception_fid": round(float(score), 3),
              "train_steps": cfg["progress"]["steps"], "train_cpu_minutes": round(cfg["progress"]["cpu_seconds"] / 60, 2),
              "epochs": round(cfg["progress"]["steps"] * cfg["train"]["batch_size"] / 60_000, 2),
-             "sample_ms_per_image": round(1000 * t_sample / n, 1), "fid_cpu_seconds": round(time.process_time() - t0),
-             "protocol": f"Inception FID ({a.precision} Inception), N = {n} samples from seed 0 ({a.precision} "
-                         f"sampling), reference: MNIST train seeded subset of {ref['n']}; 1 thread"}
+             "sample_ms_per_image": round(1000 * t_sample / n, 1), "fid_cpu_seconds": round(t_feat),
+             "protocol": f"Inception FID ({a.precision} Inception), N = {n} samples in chunks of {a.chunk}, chunk i "
+                         f"from seed i ({a.precision} sampling), reference: MNIST train seeded subset of {ref['n']}; "
+                         f"1 thread"}
         res["rows"].append(r)
         print(json.dumps(r), flush=True)
         RESULTS.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(res, indent=2))
         (RESULTS / f"{a.name}.md").write_text(table(res))
+
+
+def sample_features(model, inc, cache: Path, sampler: str, calls: int, n: int, precision: str,
+                    chunk: int = 500):
+    """Inception features of n samples, made and measured in chunks of `chunk` (chunk i from seed i), each chunk's
+    uint8 images, float32 features and CPU times saved under `cache` as it finishes, so a killed evaluation continues
+    where it stopped. Returns (features (n, 2048) float64, sampling CPU-s, feature CPU-s), the times over all chunks."""
+    import numpy as np
+    from dgm.grids import save_grid
+    from dgm.metrics import fid
+    cache.mkdir(parents=True, exist_ok=True)
+    chunks = (n + chunk - 1) // chunk
+    feats, t_sample, t_feat = [], 0.0, 0.0
+    for i in range(chunks):
+        path = cache / f"{i:04d}_{calls}_{chunk}.npz"
+        if not path.is_file():
+            t0 = time.process_time()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                x = model.sample(chunk, generator=torch.Generator().manual_seed(i), sampler=sampler, steps=calls,
+                                 batch_size=chunk)
+            u8 = fid.to_uint8_images(x)
+            t1 = time.process_time()
+            f = fid.features(u8, inc, 50, progress=False)
+            with open(path.with_suffix(".tmp"), "wb") as fh:
+                np.savez(fh, images=u8.numpy(), features=f.astype(np.float32), sample_cpu_s=t1 - t0,
+                         feature_cpu_s=time.process_time() - t1)
+            path.with_suffix(".tmp").replace(path)
+            print(f"{cache.name}: chunk {i + 1}/{chunks} ({t1 - t0:.0f} + {time.process_time() - t1:.0f} CPU-s)",
+                  flush=True)
+        z = np.load(path)
+        if i == 0:
+            grid = cache.parent.parent / f"bench_{cache.name.split('_')[0]}.png"
+            save_grid(torch.from_numpy(z["images"][:64]).float() / 255, grid)
+        feats.append(z["features"].astype(np.float64))
+        t_sample, t_feat = t_sample + float(z["sample_cpu_s"]), t_feat + float(z["feature_cpu_s"])
+    scale = n / (chunks * chunk)  # the last chunk may hold more than n needs
+    return np.concatenate(feats)[:n], t_sample * scale, t_feat * scale
 
 
 def table(res) -> str:
@@ -112,6 +143,7 @@ def main():
     e.add_argument("--run", required=True)
     e.add_argument("--rows", default="heun-35:2000", help="SAMPLER-CALLS:N,...")
     e.add_argument("--name", default="diffusion_objectives")
+    e.add_argument("--chunk", type=int, default=500, help="samples per seeded, cached chunk (chunk i: seed i)")
     e.add_argument("--ref-n", type=int, default=10_000, help="reference images (seeded train subset, cached)")
     for s in (t, e):
         s.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),

@@ -6,6 +6,17 @@ metrics for both (disentanglement_lib protocol) and their traversal grids.
     python benchmarks/disentanglement.py --steps 300 --quick                 # smoke test: tiny budget, small metric samples
 
 Writes benchmarks/results/disentanglement.{json,md} and runs/bench_dis_{vae,beta-vae}/ (traversal.png, traversal.gif).
+
+The study (issue 20; Locatello et al. 2019's design at a CPU's scale): every model of STUDY x --seeds, each cell one
+run folder under --runs/study_dis<TAG>/ holding its metrics (study.json), resumable, one thread per process, and two
+processes may share the cells (a lock per cell):
+
+    OMP_NUM_THREADS=1 nohup taskset -c 0 python benchmarks/disentanglement.py --study > logs/study0.log 2>&1 &
+    OMP_NUM_THREADS=1 nohup taskset -c 1 python benchmarks/disentanglement.py --study > logs/study1.log 2>&1 &
+    python benchmarks/disentanglement.py --study --report     # the table and plots of the cells done so far
+
+Writes benchmarks/results/disentanglement_study<TAG>.{json,md,png} and ..._curves.png (reconstruction and KL of
+every run against steps: a diverging run shows there, and the table flags it).
 """
 from __future__ import annotations
 
@@ -29,6 +40,15 @@ MODELS = {"vae": ("vae", {"beta": "1"}), "beta-vae": ("beta-vae", {"beta": "4"})
           "beta-vae-c": ("beta-vae", {"capacity_max": "25", "gamma": "1000"}),
           "beta-vae-c35": ("beta-vae", {"capacity_max": "35", "gamma": "1000"}),  # room for shape as well?
           "beta-vae-c50": ("beta-vae", {"capacity_max": "50", "gamma": "1000"})}
+# The study's cells: disentanglement_lib's models at the issue's hyperparameters. Same MLP for all (COMMON); the
+# FactorVAE discriminator is 6 x 256 instead of Kim & Mnih's 6 x 1000, which would make its steps 4x dearer here.
+STUDY = {"vae": ("vae", {"beta": "1"}),
+         "beta-vae-4": ("beta-vae", {"beta": "4"}),
+         "beta-vae-16": ("beta-vae", {"beta": "16"}),
+         "beta-tcvae-6": ("beta-tcvae", {"beta": "6"}),
+         "factor-vae-40": ("factor-vae", {"gamma": "40", "disc_hidden": "256"}),
+         "annealed-vae-25": ("beta-vae", {"capacity_max": "25", "gamma": "1000"})}
+STUDY_METRICS = ["beta_vae_score", "factor_vae_score", "mig", "dci_disentanglement", "sap_continuous"]
 METRIC_KEYS = ["beta_vae_score", "factor_vae_score", "mig", "dci_disentanglement", "dci_completeness",
                "dci_informativeness", "sap", "sap_continuous"]
 
@@ -99,9 +119,17 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="small metric sample sizes (smoke test)")
     p.add_argument("--runs", default="runs")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--models", default="vae,beta-vae", help=f"comma list from {', '.join(MODELS)}")
+    p.add_argument("--models", default=None,
+                   help=f"comma list from {', '.join(MODELS)} (default vae,beta-vae); --study: from {', '.join(STUDY)} "
+                        "(default all)")
     p.add_argument("--tag", default="", help="run folders are runs/bench_dis<TAG>_<model>")
+    p.add_argument("--study", action="store_true", help="the study: STUDY models x --seeds (see the top)")
+    p.add_argument("--seeds", default="0,1,2", help="study: training seeds")
+    p.add_argument("--report", action="store_true", help="study: only write the table and plots of finished cells")
     args = p.parse_args(argv)
+    if args.study:
+        return study(args, p)
+    args.models = args.models or "vae,beta-vae"
     runs = Path(args.runs)
     RESULTS.mkdir(parents=True, exist_ok=True)
     unknown = set(args.models.split(",")) - set(MODELS)
@@ -125,6 +153,175 @@ def main(argv=None):
     if args.stage in ("all", "eval"):
         write_table(save("eval", eval_stage(args, runs)), jpath.with_suffix(".md"))
     return 0
+
+
+# -- the study -------------------------------------------------------------------------------------------------
+def study(args, parser) -> int:
+    import fcntl
+    models = args.models.split(",") if args.models else list(STUDY)
+    unknown = set(models) - set(STUDY)
+    if unknown:
+        parser.error(f"unknown study model(s) {sorted(unknown)}; known: {', '.join(STUDY)}")
+    seeds = [int(v) for v in args.seeds.split(",")]
+    root = Path(args.runs) / f"study_dis{args.tag}"
+    root.mkdir(parents=True, exist_ok=True)
+    if not args.report:
+        for seed in seeds:           # seed-major: a partial study has every model at its first seeds
+            for name in models:
+                cell = root / f"{name}_s{seed}"
+                if (cell / "study.json").is_file():
+                    continue
+                with open(root / f".{cell.name}.lock", "a+") as lock:
+                    try:
+                        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue     # the other process has it
+                    if not (cell / "study.json").is_file():
+                        study_cell(args, name, seed, cell)
+    study_report(args, root, models, seeds)
+    return 0
+
+
+def study_protocol(args) -> dict:
+    return {"data": "dsprites (procedural, all 737,280 factor combinations)", "steps": args.steps,
+            "net": "MLP 4096-256-256-(2x10), Bernoulli decoder, batch 64", "optimiser":
+            f"Adam lr {COMMON['lr']}, constant, then linearly to 0 over the last third (lr_decay_start 0.667)",
+            "capacity": "C annealed 0 -> C_max over the first two thirds, then held",
+            "metrics": "disentanglement_lib sample sizes (PROTOCOL), posterior means, the metrics' seed = the "
+                       "training seed", "precision": args.precision, "threads": 1}
+
+
+def study_cell(args, name: str, seed: int, out: Path) -> None:
+    from dgm import load
+    from dgm.io import atomic_write
+    from dgm.metrics.disentanglement import PROTOCOL, QUICK, all_metrics, dsprites_representation
+    from dgm.tasks import train
+    family, over = STUDY[name]
+    cfg = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else None
+    t0 = time.process_time()
+    if cfg is None or cfg.get("status") != "finished":
+        print(f"{out.name}: {'resuming' if cfg else 'training'} to {args.steps} steps", flush=True)
+        if cfg is not None:
+            train(family, steps=args.steps, out=out, resume=True, data_dir=args.data_dir, progress=False,
+                  figures=False)
+        else:
+            two_thirds = str(max(1, args.steps * 2 // 3))
+            train(family, "dsprites", steps=args.steps, out=out, data_dir=args.data_dir, progress=False,
+                  figures=False,
+                  overrides={**COMMON, **over, "precision": args.precision, "seed": str(seed),
+                             "lr_decay_start": "0.667", "log_every": "100", "ckpt_every": "1000",
+                             **({"capacity_steps": two_thirds} if "capacity_max" in over else {})})
+    model = load(out).eval()
+    t1 = time.process_time()
+    sizes = QUICK if args.quick else PROTOCOL
+    rep = dsprites_representation(model, table=not args.quick)
+    res = all_metrics(rep, seed=seed, log=lambda line: print(f"{out.name}: {line}", flush=True), **sizes)
+    rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+
+    def series(key):
+        return [[r["step"], r[k]] for r in rows for k in (key, f"main/{key}") if k in r]
+    prog = json.loads((out / "config.json").read_text())["progress"]
+    result = {"model": name, "family": family, "seed": seed, "options": over, **res,
+              "recon": series("recon"), "kl": series("kl"), "steps": prog["steps"],
+              "train_cpu_minutes": round(prog["cpu_seconds"] / 60, 2),
+              "metric_cpu_minutes": round((time.process_time() - t1) / 60, 2),
+              "this_process_cpu_minutes": round((time.process_time() - t0) / 60, 2),
+              "protocol": "quick" if args.quick else "disentanglement_lib"}
+    atomic_write(out / "study.json", lambda tmp: Path(tmp).write_text(json.dumps(result)))
+    print(f"{out.name}: " + ", ".join(f"{k} {res[k]:.3f}" for k in STUDY_METRICS), flush=True)
+
+
+def divergence(recon: list, window: int = 10) -> float:
+    """How far the reconstruction term rose above its best (nats): the last window's median minus the lowest
+    window median (windows of `window` logged values); a stable run gives ~0."""
+    import numpy as np
+    v = np.array([r for _, r in recon], dtype=float)
+    if len(v) < 2 * window:
+        return 0.0
+    med = [float(np.median(v[i:i + window])) for i in range(0, len(v) - window + 1, window)]
+    return max(0.0, med[-1] - min(med))
+
+
+def study_report(args, root: Path, models: list[str], seeds: list[int]) -> None:
+    import numpy as np
+    cells = [json.loads((root / f"{m}_s{s}" / "study.json").read_text()) for m in models for s in seeds
+             if (root / f"{m}_s{s}" / "study.json").is_file()]
+    if not cells:
+        print(f"no finished cells under {root} yet")
+        return
+    base = RESULTS / f"disentanglement_study{args.tag}"
+    lines = [f"Protocol: {json.dumps(study_protocol(args))}", "",
+             "| model | seeds | " + " | ".join(STUDY_METRICS) + " | recon (nats) | KL (nats) | max recon rise | "
+             "train CPU-min |", "|---|---|" + "---|" * (len(STUDY_METRICS) + 4)]
+    summary = {}
+    for m in models:
+        cs = [c for c in cells if c["model"] == m]
+        if not cs:
+            continue
+        row = {}
+        for k in STUDY_METRICS:
+            v = np.array([c[k] for c in cs])
+            row[k] = {"median": float(np.median(v)), "q1": float(np.percentile(v, 25)),
+                      "q3": float(np.percentile(v, 75)), "values": v.tolist()}
+        rises = [divergence(c["recon"]) for c in cs]
+        row.update(seeds=[c["seed"] for c in cs], max_recon_rise=max(rises),
+                   recon=float(np.median([c["recon"][-1][1] for c in cs])),
+                   kl=float(np.median([c["kl"][-1][1] for c in cs])),
+                   train_cpu_minutes=float(np.median([c["train_cpu_minutes"] for c in cs])))
+        summary[m] = row
+        cellv = [f"{row[k]['median']:.3f} [{row[k]['q1']:.2f}-{row[k]['q3']:.2f}]" for k in STUDY_METRICS]
+        lines.append(f"| {m} | {len(cs)} | " + " | ".join(cellv) + f" | {row['recon']:.1f} | {row['kl']:.1f} | "
+                     f"{row['max_recon_rise']:.1f} | {row['train_cpu_minutes']:.1f} |")
+    lines += ["", "Each cell: median [inter-quartile range] over the seeds done; max recon rise: the largest rise of "
+              "a run's reconstruction term above its best (window medians of 10 logged batches); ~0 = no "
+              "divergence."]
+    (base.with_suffix(".md")).write_text("\n".join(lines) + "\n")
+    (base.with_suffix(".json")).write_text(json.dumps({"protocol": study_protocol(args), "summary": summary,
+                                                       "cells": [{k: v for k, v in c.items()
+                                                                  if k not in ("recon", "kl")} for c in cells]},
+                                                      indent=2))
+    print("\n".join(lines))
+    study_plots(cells, [m for m in models if m in summary], base)
+
+
+def study_plots(cells: list[dict], models: list[str], base: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(STUDY_METRICS), figsize=(3.2 * len(STUDY_METRICS), 3.6), sharey=False)
+    for ax, k in zip(axes, STUDY_METRICS):
+        data = [[c[k] for c in cells if c["model"] == m] for m in models]
+        ax.boxplot(data, widths=0.6, showfliers=False)
+        for i, v in enumerate(data, 1):
+            ax.scatter([i] * len(v), v, s=14, zorder=3, alpha=0.8)
+        ax.set_xticks(range(1, len(models) + 1), models, rotation=60, ha="right", fontsize=8)
+        ax.set_title(k.replace("_", " "), fontsize=10)
+        ax.set_ylim(0, 1)
+        ax.grid(True, axis="y", alpha=0.3)
+    fig.suptitle("Disentanglement on dSprites: each dot one seed, boxes over seeds (Locatello et al. 2019's design)",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(base.with_suffix(".png"), dpi=100)
+    plt.close(fig)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    colours = {m: f"C{i}" for i, m in enumerate(models)}
+    for c in cells:
+        for ax, key in zip(axes, ("recon", "kl")):
+            s, v = zip(*c[key])
+            ax.plot(s, v, color=colours[c["model"]], lw=0.8, alpha=0.8,
+                    label=c["model"] if c["seed"] == min(d["seed"] for d in cells if d["model"] == c["model"])
+                    else None)
+    axes[0].set_ylabel("reconstruction (nats, per batch)")
+    axes[1].set_ylabel("KL (nats)")
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.grid(True, alpha=0.3)
+    axes[0].set_yscale("log")
+    axes[1].legend(fontsize=7)
+    fig.suptitle("Every study run's training curves (one line per seed)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(base.with_name(base.name + "_curves.png"), dpi=100)
+    plt.close(fig)
 
 
 def write_table(result: dict, path: Path) -> None:

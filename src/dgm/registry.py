@@ -7,8 +7,8 @@ from dgm.config import config_from_dict  # noqa: F401  (re-exported: configs are
 
 _FAMILIES: dict[str, type] = {}
 # Modules imported on first look-up, so `import dgm` stays light and every family is found.
-_MODULES = ("dgm.models.ae", "dgm.models.vae", "dgm.models.gan", "dgm.models.cyclegan", "dgm.models.diffusion",
-            "dgm.models.classifier")
+_MODULES = ("dgm.models.ae", "dgm.models.vae", "dgm.models.tcvae", "dgm.models.factorvae", "dgm.models.gan",
+            "dgm.models.cyclegan", "dgm.models.diffusion", "dgm.models.classifier")
 
 
 def register(name: str):
