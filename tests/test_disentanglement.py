@@ -189,3 +189,30 @@ def test_cli_traverse(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["traverse", str(run), "--steps", "1"])
     assert e.value.code == 2 and "--steps: must be >= 2" in capsys.readouterr().err
+
+
+def test_latent_factors_names_the_factor_each_dimension_carries():
+    def rep(c):
+        noise = np.random.default_rng(len(c)).normal(size=(len(c), 1))
+        return np.concatenate([standardised(c)[:, [3, 1]], noise], 1)
+    found = D.latent_factors(rep, SIZES, ("a", "b", "c", "d"), n=3000)
+    assert [f[0] for f in found[:2]] == ["d", "b"] and found[0][1] > 0.8 and found[1][1] > 0.8
+    assert found[2][1] < 0.05                   # the noise dimension carries nothing
+    with pytest.raises(ValueError, match="factor names"):
+        D.latent_factors(rep, SIZES, ("a",))
+
+
+def test_traversal_rows_name_their_factor_on_dsprites(tmp_path, monkeypatch):
+    from dgm.figures import traversal
+    m = tiny_beta_vae().eval()
+    seen = {}
+    real = traversal.save_labelled_grid
+    monkeypatch.setattr(traversal, "save_labelled_grid",
+                        lambda *a, **k: seen.update(k) or real(*a, **k))
+    traversal.write_traversal(m, tmp_path / "t.png", small_data(), steps=3, dims=2, gif=False)
+    names = {"shape", "scale", "orientation", "posX", "posY", "-"}
+    assert len(seen["row_labels"]) == 2 and all(lab.split("  ")[2].split(" (")[0] in names
+                                                 for lab in seen["row_labels"]), seen["row_labels"]
+    assert "normalised MI" in seen["title"]
+    traversal.write_traversal(m, tmp_path / "u.png", small_data(), steps=3, dims=2, gif=False, factors=False)
+    assert len(seen["row_labels"][0].split("  ")) == 2

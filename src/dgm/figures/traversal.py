@@ -72,21 +72,36 @@ def traversal_images(model, data: ImageData, seed_index: int | None = None, step
 
 
 def write_traversal(model, path: str | os.PathLike, data: ImageData, seed_index: int | None = None, steps: int = 10,
-                    limit: float = 3.0, dims: int | None = None, gif: bool = True) -> list[Path]:
+                    limit: float = 3.0, dims: int | None = None, gif: bool = True,
+                    factors: bool | None = None) -> list[Path]:
     """Write the traversal grid (PNG: rows labelled with the dimension and its KL, columns with the value, a title
     saying what is held fixed) and an animated GIF beside it (each frame shows every dimension at one value,
-    sweeping -limit -> limit -> -limit). Returns the paths."""
+    sweeping -limit -> limit -> -limit). Returns the paths.
+
+    On data that renders its ground-truth factors (dSprites), each row also names the factor that dimension carries
+    most and their normalised mutual information (dgm.metrics.disentanglement.latent_factors; `factors=False`
+    leaves it out; True requires it)."""
     if not {"encode", "decode"} <= model.capabilities():
         raise ValueError(f"a {getattr(model, 'family', type(model).__name__)} model has no latent space to traverse")
     imgs, order, score, name, seed = traversal_images(model, data, seed_index, steps, limit, dims)
     rows, n, c, h, w = imgs.shape
     pad = 2
     labels = [f"z{d}  {name}={s:.2f}" for d, s in zip(order, score)]
+    found = None
+    if factors is not False:
+        from dgm.metrics.disentanglement import rendered_factors
+        found = rendered_factors(model, data.name, image_size=data.images.shape[-1])
+        if found is None and factors:
+            raise ValueError(f"{data.name!r} cannot render its factors of variation, so rows cannot be labelled")
+        if found is not None:   # "-": the dimension carries no factor (normalised MI < 0.05)
+            labels = [f"{lab}  {found[d][0] if found[d][1] >= 0.05 else '-'} ({found[d][1]:.2f})"
+                      for lab, d in zip(labels, order)]
     unit = "prior std" if "posterior" in model.capabilities() else "code std"
     cols = [f"{v:+.1f}" for v in torch.linspace(-limit, limit, n).tolist()]
     where = "a typical test image" if seed_index is None else f"test image {seed_index}"
     title = (f"{getattr(model, 'family', type(model).__name__)}: latent traversal around {where}: each row moves one "
-             f"dimension from -{limit:g} to +{limit:g} {unit} (columns), the others stay at the image's code")
+             f"dimension from -{limit:g} to +{limit:g} {unit} (columns), the others stay at the image's code"
+             + ("; after KL: the factor it carries most (normalised MI)" if found is not None else ""))
     path = save_labelled_grid(imgs.flatten(0, 1), path, nrow=n, pad=pad, row_labels=labels, col_labels=cols,
                               title=title)
     out = [path]

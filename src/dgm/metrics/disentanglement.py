@@ -138,6 +138,19 @@ def mig(rep: Rep, factor_sizes: Sequence[int], *, seed: int = 0, n: int = 10_000
     return {"mig": float(per.mean()), **{f"mig_factor{k}": float(v) for k, v in enumerate(per)}}
 
 
+def latent_factors(rep: Rep, factor_sizes: Sequence[int], factor_names: Sequence[str], *, seed: int = 0,
+                   n: int = 10_000, bins: int = 20) -> list[tuple[str, float]]:
+    """Per latent dimension, the factor it carries most: (its name, I(z_i; v_k) / H(v_k)), the normalised mutual
+    information MIG is made of (same sample, bins and seed). A value near 0: the dimension tracks no factor."""
+    from sklearn.metrics import mutual_info_score
+    if len(factor_names) != len(factor_sizes):
+        raise ValueError(f"{len(factor_names)} factor names for {len(factor_sizes)} factors")
+    y = _sample(factor_sizes, n, np.random.default_rng(seed))
+    mi = _mutual_info(_discretize(_codes(rep, y), bins), y)
+    mi = mi / np.array([mutual_info_score(y[:, k], y[:, k]) for k in range(y.shape[1])])
+    return [(factor_names[int(k)], float(row[k])) for row, k in zip(mi, mi.argmax(1))]
+
+
 # -- DCI (Eastwood & Williams 2018) ------------------------------------------------------------------------------
 def _entropy(p: np.ndarray, base: int, axis: int) -> np.ndarray:
     p = np.clip(p, 1e-11, None)
@@ -276,6 +289,16 @@ def rendered_representation(model, source, table: bool = True, chunk: int = 8192
                       what=f"{n:,} images", log=log)
     codes = np.concatenate([enc(source.all_classes(i, min(n, i + chunk))) for i in starts])
     return lambda c: codes[source.flat_index(c)]
+
+
+def rendered_factors(model, data_name: str, n: int = 10_000, image_size: int | None = None
+                     ) -> list[tuple[str, float]] | None:
+    """latent_factors of a model on data that can render any factor combination (dSprites), else None."""
+    if data_name not in RENDERERS:
+        return None
+    source = importlib.import_module(RENDERERS[data_name])
+    rep = rendered_representation(model, source, table=False, image_size=image_size)
+    return latent_factors(rep, source.FACTOR_SIZES, source.FACTOR_NAMES, n=n)
 
 
 def dsprites_representation(model, table: bool = True, chunk: int = 8192, image_size: int | None = None) -> Rep:
