@@ -40,6 +40,36 @@ def test_chunked_estimate_equals_the_models_own_nll():
         L.iwae_nll(m, x, 0, progress=False)
 
 
+def test_an_interrupted_estimate_continues_to_the_same_numbers(tmp_path, monkeypatch):
+    """With a seed, each batch has its own noise; a partial file keeps finished batches, and a continued estimate
+    equals an unbroken one exactly. A stale file (other weights) is ignored."""
+    m, x = tiny_vae(), images(10)
+    whole = L.iwae_nll(m, x, 300, chunk=100, batch=3, progress=False, seed=4)
+    part = tmp_path / ".nll_partial.pt"
+    calls = {"n": 0}
+    real = m.nll
+
+    def dying(xb, k):   # the job is killed in its third batch of images
+        calls["n"] += 1
+        if calls["n"] == 3 * 2 + 1:
+            raise KeyboardInterrupt
+        return real(xb, k=k)
+    monkeypatch.setattr(m, "nll", dying)
+    with pytest.raises(KeyboardInterrupt):
+        L.iwae_nll(m, x, 300, chunk=100, batch=3, progress=False, seed=4, partial=part)
+    assert part.is_file() and len(torch.load(part)["values"]) == 6
+    monkeypatch.setattr(m, "nll", real)
+    lines = []
+    again = L.iwae_nll(m, x, 300, chunk=100, batch=3, progress=False, seed=4, partial=part, log=lines.append)
+    assert torch.equal(again, whole) and not part.exists()
+    assert any("continuing from image 6 of 10" in ln for ln in lines)
+    # Other weights: the partial file does not match and is not used.
+    L._save_partial(part, "not-this-model", whole[:6] + 100)
+    assert torch.equal(L.iwae_nll(m, x, 300, chunk=100, batch=3, progress=False, seed=4, partial=part), whole)
+    with pytest.raises(ValueError, match="needs a seed"):
+        L.iwae_nll(m, x, 300, progress=False, partial=part)
+
+
 def test_the_bound_tightens_as_k_grows():
     # E[-L_k] decreases in k (Burda et al. 2015, theorem 1). Averaged over 40 images and 10 seeds, the steps between
     # these k are many standard errors wide, so the fixed seeds make this deterministic and not fragile.

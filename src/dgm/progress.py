@@ -33,26 +33,31 @@ def stderr_line(line: str) -> None:
 
 class Progress:
     """A tqdm bar over `total` units; after the first `update`, `log(line)` hears the estimated time of the whole
-    loop when it exceeds `say_after` seconds (always when `say_after` is 0), with `cheaper` appended."""
+    loop when it exceeds `say_after` seconds (always when `say_after` is 0), with `cheaper` appended. `initial`:
+    units done before (a continued loop); the estimate is then for the rest."""
 
     def __init__(self, total: int, desc: str, *, unit: str = "it", log: Callable[[str], None] | None = stderr_line,
-                 cheaper: str = "", what: str = "", enabled: bool = True, say_after: float = SAY_AFTER_S):
+                 cheaper: str = "", what: str = "", enabled: bool = True, say_after: float = SAY_AFTER_S,
+                 initial: int = 0):
         from tqdm.auto import tqdm
         self.total, self.desc, self.log, self.cheaper, self.what = total, desc, log, cheaper, what
-        self.unit = unit
+        self.unit, self.initial = unit, initial
         self.say_after, self.done = say_after, 0
         self.t0 = time.perf_counter()
-        self.bar = tqdm(total=total, desc=desc, unit=unit, leave=False, disable=not enabled, dynamic_ncols=True)
+        self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=False, disable=not enabled,
+                        dynamic_ncols=True)
 
     def update(self, n: int = 1) -> None:
         first = self.done == 0
         self.done += n
         self.bar.update(n)
-        if first and self.total > self.done:
-            estimate = (time.perf_counter() - self.t0) / self.done * self.total
+        left = self.total - self.initial
+        if first and left > self.done:
+            estimate = (time.perf_counter() - self.t0) / self.done * left
             if self.log is not None and estimate >= self.say_after:
+                rest = f" (the rest: {left} of {self.total} {self.unit})" if self.initial else ""
                 line = (f"{self.desc}: estimated {minutes_text(estimate)} for "
-                        f"{self.what or f'{self.total} {self.unit}'} (timed on the first)")
+                        f"{self.what or f'{self.total} {self.unit}'}{rest} (timed on the first)")
                 self.log(line + (f"; cheaper: {self.cheaper}" if self.cheaper else ""))
 
     def set_postfix(self, text: str) -> None:

@@ -20,13 +20,17 @@ samples for ``b`` images at a time (b x m decoder rows per call, large batches u
 through a channels_last copy of the model, `channels_last`), and the chunks are combined exactly:
 log p(x) ~= logsumexp_j(log m_j - nll_j(x)) - log k, in float64. Chunks of independent draws give the same estimator
 as one call with all k samples. A tqdm bar shows the running estimate and its standard
-error over images; the time the whole estimate will take is printed after the first call.
+error over images; the time the whole estimate will take is printed after the first call. Each batch of images
+draws its noise from its own seed, and `dgm evaluate` keeps the finished batches in RUN/.nll_partial.pt, so a killed
+estimate (the paper protocol's hours) continues where it stopped with the same numbers, and the file goes at the end.
 """
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 
@@ -90,21 +94,35 @@ def channels_last(model):
 
 
 def iwae_nll(model, x: torch.Tensor, k: int, *, chunk: int = 500, batch: int | None = None, precision: str = "fp32",
-             progress: bool = True, log=None, desc: str = "", cheaper: str = "") -> torch.Tensor:
+             progress: bool = True, log=None, desc: str = "", cheaper: str = "", seed: int | None = None,
+             partial=None) -> torch.Tensor:
     """Per-image IWAE estimate of -log p(x) in nats, float64 (N,), from `model.nll` calls of `chunk` samples for
-    `batch` images (default: ROWS // chunk); see the module docstring. Noise comes from torch's global generator."""
+    `batch` images (default: ROWS // chunk); see the module docstring. Noise: torch's global generator, or with
+    `seed` each batch of images from its own seed (seed, batch index), so that the estimate does not depend on where
+    it was interrupted. `partial` (a file path, needs `seed`): the finished batches are saved there as they finish,
+    and a later call with the same model, images and settings continues from them; the file is removed at the end."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    if partial is not None and seed is None:
+        raise ValueError("a partial file needs a seed (each batch's noise must not depend on where a run stopped)")
     chunk = max(1, min(chunk, k))
     batch = batch or max(1, ROWS // chunk)
     sizes = [min(chunk, k - s) for s in range(0, k, chunk)]
     calls = math.ceil(len(x) / batch) * len(sizes)
     out = torch.empty(len(x), dtype=torch.float64)
+    start, key = 0, None
+    if partial is not None:
+        key = _partial_key(model, x, k, chunk, batch, precision, seed)
+        start = _load_partial(partial, key, out)
+        if start and log is not None:
+            log(f"IWAE k={k}: continuing from image {start} of {len(x)} ({partial})")
     bar = Progress(calls, desc or f"IWAE k={k}", unit="call", log=log, enabled=progress, say_after=0,
                    what=f"k={k} on {len(x)} images ({calls} calls of {min(batch, len(x))}x{sizes[0]} decoder rows)",
-                   cheaper=cheaper)
+                   cheaper=cheaper, initial=start // batch * len(sizes))
     with torch.inference_mode(), _autocast(model.device, precision):
-        for i in range(0, len(x), batch):
+        for i in range(start, len(x), batch):
+            if seed is not None:
+                torch.manual_seed(seed * 1_000_003 + i // batch)
             xb = x[i:i + batch].to(model.device)
             parts = []
             for m in sizes:
@@ -114,8 +132,42 @@ def iwae_nll(model, x: torch.Tensor, k: int, *, chunk: int = 500, batch: int | N
             seen = out[:i + len(xb)]
             if len(seen) > 1:
                 bar.set_postfix(f"nll {seen.mean():.2f} ± {seen.std() / math.sqrt(len(seen)):.2f}")
+            if partial is not None and i + len(xb) < len(x):
+                _save_partial(partial, key, out[:i + len(xb)])
     bar.close()
+    if partial is not None:
+        Path(partial).unlink(missing_ok=True)
     return out
+
+
+def _partial_key(model, x, k, chunk, batch, precision, seed) -> str:
+    """What a partial IWAE file must match to be continued: the weights, the images and every setting."""
+    h = hashlib.sha256()
+    for t in list(model.state_dict().values()) + [x]:
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    h.update(repr((k, chunk, batch, precision, seed, tuple(x.shape))).encode())
+    return h.hexdigest()[:32]
+
+
+def _load_partial(path, key: str, out: torch.Tensor) -> int:
+    """Fill `out` from a partial file that matches `key`; returns how many images it holds (0: none or stale)."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    try:
+        saved = torch.load(path, weights_only=True)
+        done = saved["values"]
+        if saved["key"] != key or done.dtype != torch.float64 or len(done) > len(out):
+            return 0
+    except Exception:  # a damaged or foreign file: start again (it is overwritten by the first batch)
+        return 0
+    out[:len(done)] = done
+    return len(done)
+
+
+def _save_partial(path, key: str, done: torch.Tensor) -> None:
+    from dgm.io import atomic_write
+    atomic_write(path, lambda tmp: torch.save({"key": key, "values": done.clone()}, tmp))
 
 
 def _stats(vals: torch.Tensor) -> dict:
@@ -157,10 +209,11 @@ def _nll(model, ctx):
     x, how = prepared_test_set(model, ctx, idx)
     precision = ctx.options.get("nll_precision", "fp32")
     fast = ctx.options.get("nll_channels_last", model.device.type == "cpu")
-    torch.manual_seed(ctx.seed)
+    # A killed estimate (the paper protocol takes hours) continues from the batches it finished: run/.nll_partial.pt
     vals = iwae_nll(channels_last(model) if fast else model, x, plan["k"], chunk=int(ctx.options.get("nll_chunk", 500)),
                     batch=ctx.options.get("nll_batch"), precision=precision,
-                    progress=ctx.options.get("progress", True), log=ctx.log,
+                    progress=ctx.options.get("progress", True), log=ctx.log, seed=ctx.seed,
+                    partial=ctx.run_dir / ".nll_partial.pt",
                     cheaper="" if plan["k"] <= 100 else f"--k 100 (or --nll-n {max(100, plan['n'] // 10)})")
     rec = {**_stats(vals), "unit": "nats", "split": "test", "n": len(idx), "k": plan["k"], "preset": plan["preset"],
            "images": _which(idx, n_test, ctx.seed), "data": how,
