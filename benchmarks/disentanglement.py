@@ -65,7 +65,7 @@ def train_stage(args, runs: Path) -> dict:
         else:
             train(family, "dsprites", steps=args.steps, out=out, data_dir=args.data_dir, progress=False,
                   overrides={**COMMON, **over, "precision": args.precision, "seed": str(args.train_seed),
-                             "lr_decay_start": str(args.lr_decay_start),
+                             "lr_decay_start": str(args.lr_decay_start), "lr": str(args.lr or COMMON["lr"]),
                              **({"capacity_steps": str(args.capacity_steps or args.steps)}
                                 if "capacity_max" in over else {})})
         info[name] = {"train_seconds": round(time.perf_counter() - t0, 1)}
@@ -113,6 +113,7 @@ def main(argv=None):
     p.add_argument("--lr-decay-start", type=float, default=1.0,
                    help="fraction of --steps after which the lr decays linearly to 0 (1: constant lr)")
     p.add_argument("--precision", default="fp32")
+    p.add_argument("--lr", type=float, default=None, help=f"Adam lr (default {COMMON['lr']}; not in --study)")
     p.add_argument("--seed", type=int, default=0, help="the metrics' seed")
     p.add_argument("--train-seed", type=int, default=0, help="initialisation and batch order")
     p.add_argument("--resume", action="store_true", help="continue runs that have a checkpoint")
