@@ -39,7 +39,9 @@ MODELS = {"vae": ("vae", {"beta": "1"}), "beta-vae": ("beta-vae", {"beta": "4"})
           # Burgess et al. 2018: gamma |KL - C|, C annealed 0 -> 25 nats (their dSprites settings), over --steps
           "beta-vae-c": ("beta-vae", {"capacity_max": "25", "gamma": "1000"}),
           "beta-vae-c35": ("beta-vae", {"capacity_max": "35", "gamma": "1000"}),  # room for shape as well?
-          "beta-vae-c50": ("beta-vae", {"capacity_max": "50", "gamma": "1000"})}
+          "beta-vae-c50": ("beta-vae", {"capacity_max": "50", "gamma": "1000"}),
+          # the divergence study (issue 20): a tenth of the pull towards C
+          "beta-vae-c-g100": ("beta-vae", {"capacity_max": "25", "gamma": "100"})}
 # The study's cells: disentanglement_lib's models at the issue's hyperparameters. Same MLP for all (COMMON); the
 # FactorVAE discriminator is 6 x 256 instead of Kim & Mnih's 6 x 1000, which would make its steps 4x dearer here.
 STUDY = {"vae": ("vae", {"beta": "1"}),

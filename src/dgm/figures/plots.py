@@ -56,7 +56,7 @@ def plot_losses(run_dir: str | os.PathLike, path: str | os.PathLike | None = Non
     fig, axes = plt.subplots(nr, cols, figsize=(4.2 * cols, 3.0 * nr), squeeze=False)
     steps = [r["step"] for r in rows]
     for ax, k in zip(axes.flat, keys):
-        ax.plot(steps, [r.get(k, np.nan) for r in rows], lw=1.5)
+        ax.plot(steps, [r.get(k, np.nan) for r in rows], lw=1.5, marker="o" if len(steps) < 20 else None, ms=3)
         ax.set_title(k)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
