@@ -27,6 +27,15 @@ def minutes_text(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
+def bar_interval() -> float:
+    """Seconds between tqdm redraws: tqdm's 0.1 s on a terminal; 30 s when stderr is a file or a pipe (a log of a
+    background job), so that a long loop writes a line now and then instead of megabytes of redraws."""
+    try:
+        return 0.1 if sys.stderr.isatty() else 30.0
+    except (AttributeError, ValueError):
+        return 30.0
+
+
 def stderr_line(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -45,7 +54,7 @@ class Progress:
         self.say_after, self.done = say_after, 0
         self.t0 = time.perf_counter()
         self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=False, disable=not enabled,
-                        dynamic_ncols=True)
+                        dynamic_ncols=True, mininterval=bar_interval())
 
     def update(self, n: int = 1) -> None:
         first = self.done == 0

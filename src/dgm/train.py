@@ -51,6 +51,7 @@ from dgm.grids import save_grid
 from dgm.io import (CONFIG, FINISHED, LOCK, UNFINISHED, WEIGHTS, RunError, RunLock, atomic_write, check_device_name,
                     model_config_dict, resolve_device, save, write_config)
 from dgm.memory import tune_allocator
+from dgm.progress import bar_interval
 
 __all__ = ["TrainConfig", "Trainer", "NonFiniteLoss", "Interrupted", "ResumeMismatch", "RESUMABLE", "log_key",
            "resolve_device", "make_optimizer", "dist_info"]
@@ -649,9 +650,10 @@ class Trainer:
             return None
         from tqdm.auto import tqdm
         if self.budget is None:
-            return tqdm(total=self.total, initial=self.step, desc=f"{self.model.family}", dynamic_ncols=True)
+            return tqdm(total=self.total, initial=self.step, desc=f"{self.model.family}", dynamic_ncols=True,
+                        mininterval=bar_interval())
         return tqdm(total=round(self.budget, 1), initial=round(min(self.cpu_seconds, self.budget), 1),
-                    desc=f"{self.model.family}", unit="cpu-s", dynamic_ncols=True,
+                    desc=f"{self.model.family}", unit="cpu-s", dynamic_ncols=True, mininterval=bar_interval(),
                     bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} CPU s, {remaining} left{postfix}")
 
     def _bar_update(self, bar) -> None:
