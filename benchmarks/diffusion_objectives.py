@@ -19,6 +19,7 @@ Results go to benchmarks/results/<name>.{json,md}, rewritten after every row.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import time
 from pathlib import Path
@@ -52,6 +53,13 @@ def cmd_eval(a):
     path = RESULTS / f"{a.name}.json"
     res = json.loads(path.read_text()) if path.is_file() else {"rows": []}
     inc = fid.load_inception(precision=a.precision)
+    if a.chunks_only:   # a helper process: make chunks beside the main one, record nothing
+        for row in a.rows.split(","):
+            spec, n = row.split(":")
+            sampler, calls = spec.rsplit("-", 1)
+            sample_features(model, inc, run / "bench_cache" / f"{spec}_step{cfg['progress']['steps']}", sampler,
+                            int(calls), int(n), a.precision, a.chunk, chunks_only=True)
+        return
     t0 = time.process_time()
     ref = fid.reference_stats(a.data, inc, "train", a.ref_n, data_dir=a.data_dir, seed=0, progress=False)
     print(f"reference ready ({(time.process_time() - t0) / 60:.1f} CPU-min)", flush=True)
@@ -78,40 +86,60 @@ def cmd_eval(a):
 
 
 def sample_features(model, inc, cache: Path, sampler: str, calls: int, n: int, precision: str,
-                    chunk: int = 500):
+                    chunk: int = 500, chunks_only: bool = False):
     """Inception features of n samples, made and measured in chunks of `chunk` (chunk i from seed i), each chunk's
     uint8 images, float32 features and CPU times saved under `cache` as it finishes, so a killed evaluation continues
-    where it stopped. Returns (features (n, 2048) float64, sampling CPU-s, feature CPU-s), the times over all chunks."""
+    where it stopped, and a second process (`chunks_only`) can make chunks at the same time (a lock per chunk).
+    Returns (features (n, 2048) float64, sampling CPU-s, feature CPU-s), the times over all chunks; None when
+    `chunks_only`."""
     import numpy as np
     from dgm.grids import save_grid
-    from dgm.metrics import fid
     cache.mkdir(parents=True, exist_ok=True)
     chunks = (n + chunk - 1) // chunk
+    path = [cache / f"{i:04d}_{calls}_{chunk}.npz" for i in range(chunks)]
+
+    def make(i: int, wait: bool) -> None:
+        with open(cache / f".{i:04d}.lock", "a+") as lock:
+            try:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                return          # another process is making it
+            if not path[i].is_file():
+                make_chunk(model, inc, path[i], i, sampler, calls, chunk, precision)
+    for i in range(chunks):     # every chunk nobody else is making
+        make(i, wait=False)
+    if chunks_only:
+        return None
     feats, t_sample, t_feat = [], 0.0, 0.0
-    for i in range(chunks):
-        path = cache / f"{i:04d}_{calls}_{chunk}.npz"
-        if not path.is_file():
-            t0 = time.process_time()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                x = model.sample(chunk, generator=torch.Generator().manual_seed(i), sampler=sampler, steps=calls,
-                                 batch_size=chunk)
-            u8 = fid.to_uint8_images(x)
-            t1 = time.process_time()
-            f = fid.features(u8, inc, 50, progress=False)
-            with open(path.with_suffix(".tmp"), "wb") as fh:
-                np.savez(fh, images=u8.numpy(), features=f.astype(np.float32), sample_cpu_s=t1 - t0,
-                         feature_cpu_s=time.process_time() - t1)
-            path.with_suffix(".tmp").replace(path)
-            print(f"{cache.name}: chunk {i + 1}/{chunks} ({t1 - t0:.0f} + {time.process_time() - t1:.0f} CPU-s)",
-                  flush=True)
-        z = np.load(path)
+    for i in range(chunks):     # then the ones another process held, waiting for it
+        if not path[i].is_file():
+            make(i, wait=True)
+        z = np.load(path[i])
         if i == 0:
-            grid = cache.parent.parent / f"bench_{cache.name.split('_')[0]}.png"
-            save_grid(torch.from_numpy(z["images"][:64]).float() / 255, grid)
+            save_grid(torch.from_numpy(z["images"][:64]).float() / 255,
+                      cache.parent.parent / f"bench_{cache.name.split('_')[0]}.png")
         feats.append(z["features"].astype(np.float64))
         t_sample, t_feat = t_sample + float(z["sample_cpu_s"]), t_feat + float(z["feature_cpu_s"])
     scale = n / (chunks * chunk)  # the last chunk may hold more than n needs
     return np.concatenate(feats)[:n], t_sample * scale, t_feat * scale
+
+
+def make_chunk(model, inc, path: Path, i: int, sampler: str, calls: int, chunk: int, precision: str) -> None:
+    """Chunk i: `chunk` samples from seed i, their uint8 images, float32 Inception features and CPU times."""
+    import numpy as np
+    from dgm.metrics import fid
+    t0 = time.process_time()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        x = model.sample(chunk, generator=torch.Generator().manual_seed(i), sampler=sampler, steps=calls,
+                         batch_size=chunk)
+    u8 = fid.to_uint8_images(x)
+    t1 = time.process_time()
+    f = fid.features(u8, inc, 50, progress=False)
+    with open(path.with_suffix(".tmp"), "wb") as fh:
+        np.savez(fh, images=u8.numpy(), features=f.astype(np.float32), sample_cpu_s=t1 - t0,
+                 feature_cpu_s=time.process_time() - t1)
+    path.with_suffix(".tmp").replace(path)
+    print(f"{path.parent.name}: chunk {i} ({t1 - t0:.0f} + {time.process_time() - t1:.0f} CPU-s)", flush=True)
 
 
 def table(res) -> str:
@@ -144,6 +172,8 @@ def main():
     e.add_argument("--rows", default="heun-35:2000", help="SAMPLER-CALLS:N,...")
     e.add_argument("--name", default="diffusion_objectives")
     e.add_argument("--chunk", type=int, default=500, help="samples per seeded, cached chunk (chunk i: seed i)")
+    e.add_argument("--chunks-only", action="store_true",
+                   help="only make chunks, beside a main eval of the same rows (a second core), and record nothing")
     e.add_argument("--ref-n", type=int, default=10_000, help="reference images (seeded train subset, cached)")
     for s in (t, e):
         s.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
