@@ -211,7 +211,7 @@ def test_traversal_rows_name_their_factor_on_dsprites(tmp_path, monkeypatch):
                         lambda *a, **k: seen.update(k) or real(*a, **k))
     traversal.write_traversal(m, tmp_path / "t.png", small_data(), steps=3, dims=2, gif=False)
     names = {"shape", "scale", "orientation", "posX", "posY", "-"}
-    assert len(seen["row_labels"]) == 2 and all(lab.split("  ")[2].split(" (")[0] in names
+    assert len(seen["row_labels"]) == 2 and all(lab.split("  ")[2].split(" MI=")[0] in names
                                                  for lab in seen["row_labels"]), seen["row_labels"]
     assert "normalised MI" in seen["title"]
     traversal.write_traversal(m, tmp_path / "u.png", small_data(), steps=3, dims=2, gif=False, factors=False)

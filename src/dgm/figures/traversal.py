@@ -93,15 +93,15 @@ def write_traversal(model, path: str | os.PathLike, data: ImageData, seed_index:
         found = rendered_factors(model, data.name, image_size=data.images.shape[-1])
         if found is None and factors:
             raise ValueError(f"{data.name!r} cannot render its factors of variation, so rows cannot be labelled")
-        if found is not None:   # "-": the dimension carries no factor (normalised MI < 0.05)
-            labels = [f"{lab}  {found[d][0] if found[d][1] >= 0.05 else '-'} ({found[d][1]:.2f})"
+        if found is not None:   # "-": the dimension carries no factor (normalised MI < 0.1)
+            labels = [f"{lab}  {found[d][0] if found[d][1] >= 0.1 else '-'} MI={found[d][1]:.2f}"
                       for lab, d in zip(labels, order)]
     unit = "prior std" if "posterior" in model.capabilities() else "code std"
     cols = [f"{v:+.1f}" for v in torch.linspace(-limit, limit, n).tolist()]
     where = "a typical test image" if seed_index is None else f"test image {seed_index}"
     title = (f"{getattr(model, 'family', type(model).__name__)}: latent traversal around {where}: each row moves one "
              f"dimension from -{limit:g} to +{limit:g} {unit} (columns), the others stay at the image's code"
-             + ("; after KL: the factor it carries most (normalised MI)" if found is not None else ""))
+             + ("; then the factor it carries most, by normalised MI" if found is not None else ""))
     path = save_labelled_grid(imgs.flatten(0, 1), path, nrow=n, pad=pad, row_labels=labels, col_labels=cols,
                               title=title)
     out = [path]
