@@ -9,7 +9,7 @@ from pathlib import Path
 from dgm.figures.plots import pyplot, read_metrics
 from dgm.figures.registry import figure
 from dgm.metrics.gan_health import GANCollapseWarning, gan_health
-from dgm.models.gan import PROBABILITY_LOSSES
+from dgm.models.gan import PROBABILITY_LOSSES, RELATIVISTIC_LOSSES
 from dgm.train import log_key
 
 
@@ -35,17 +35,24 @@ def plot_dx(rows: list[dict], path, loss: str, phases: tuple[str, ...] = ("d", "
     steps = [r["step"] for r in rows]
     prob = loss in PROBABILITY_LOSSES
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.8))
-    a1.plot(steps, [r[key("d_real")] for r in rows], label="real images: D(x)", color="tab:blue")
-    a1.plot(steps, [r[key("d_fake")] for r in rows], label="generated: D(G(z))", color="tab:red")
+    if loss in RELATIVISTIC_LOSSES:   # only the difference counts; the raw outputs drift together
+        a1.plot(steps, [r[key("d_real")] - r[key("d_fake")] for r in rows], color="tab:purple",
+                label="D(x) - D(G(z)), batch means")
+        a1.axhline(0.0, color="gray", ls="--", lw=1, label="0 (cannot tell)")
+    else:
+        a1.plot(steps, [r[key("d_real")] for r in rows], label="real images: D(x)", color="tab:blue")
+        a1.plot(steps, [r[key("d_fake")] for r in rows], label="generated: D(G(z))", color="tab:red")
     if prob:
         a1.axhline(0.5, color="gray", ls="--", lw=1, label="0.5 (cannot tell)")
         a1.set_ylim(-0.02, 1.02)
-    a1.set_ylabel("mean D output" + (" (probability 'real')" if prob else f" ({loss} critic value)"))
+    a1.set_ylabel("mean D output" + (" (probability 'real')" if prob else " gap (relativistic: only it counts)"
+                                     if loss in RELATIVISTIC_LOSSES else f" ({loss} critic value)"))
     a1.set_title(f"discriminator outputs ({loss} loss)")
-    a2.plot(steps, [r[key("d_auc")] for r in rows], color="tab:purple")
+    auc = [r[key("d_auc")] for r in rows]
+    a2.plot(steps, auc, color="tab:purple")
     a2.axhline(0.5, color="gray", ls="--", lw=1, label="0.5: cannot tell")
     a2.axhline(1.0, color="black", ls=":", lw=1, label="1: D wins outright")
-    a2.set_ylim(0.4, 1.02)
+    a2.set_ylim(min(0.4, min(auc) - 0.02), 1.02)   # below 0.5: D ranks generated images above real ones
     a2.set_ylabel("P(D(x) > D(G(z)))")
     a2.set_title("how well D separates real from generated")
     for a in (a1, a2):
