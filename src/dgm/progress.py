@@ -70,7 +70,7 @@ class Progress:
                 self.log(line + (f"; cheaper: {self.cheaper}" if self.cheaper else ""))
 
     def set_postfix(self, text: str) -> None:
-        self.bar.set_postfix_str(text)
+        self.bar.set_postfix_str(text, refresh=False)   # shown at the next redraw (bar_interval), not forced
 
     def close(self) -> None:
         self.bar.close()

@@ -642,7 +642,7 @@ class Trainer:
         if bar:
             skip = ("step", "epoch", "lr", "cpu_s", "wall_s")
             bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k not in skip} | (
-                {"step": self.step} if self.budget is not None else {}))
+                {"step": self.step} if self.budget is not None else {}), refresh=False)
 
     def _bar(self):
         """tqdm: steps done of the total, or for a time budget CPU seconds used of the budget and the time left."""
