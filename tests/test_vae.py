@@ -116,3 +116,41 @@ def test_sample_is_reproducible_with_a_generator():
     b = m.sample(4, generator=torch.Generator().manual_seed(7))
     assert torch.equal(a, b) and a.min() >= 0 and a.max() <= 1
     assert not math.isclose(a.sum().item(), m.sample(4, generator=torch.Generator().manual_seed(8)).sum().item())
+
+
+def test_vamp_prior_is_the_mixture_of_posteriors_at_the_pseudo_inputs(tmp_path):
+    """log p(z) = logsumexp_k log q(z | u_k) - log K (Tomczak & Welling 2018, eq. 9), its moments and samples, the
+    Monte Carlo KL, gradients into the pseudo-inputs, and save -> load -> the same samples."""
+    import dgm
+    torch.manual_seed(0)
+    m = VAE(VAEConfig(channels=1, image_size=8, arch="mlp", mlp_hidden=(32,), latent_dim=3, prior="vamp",
+                      vamp_components=7)).eval()
+    z = torch.randn(5, 3)
+    mu, lv = m.prior_components()
+    direct = torch.stack([-0.5 * (math.log(2 * math.pi) + lv[k] + (z - mu[k]) ** 2 / lv[k].exp()).sum(1)
+                          for k in range(7)], 1)
+    assert torch.allclose(m.log_prior(z), torch.logsumexp(direct, 1) - math.log(7), atol=1e-4)
+    assert m.log_prior(z.expand(4, 5, 3)).shape == (4, 5)
+    draws = m.sample_latent(40_000, generator=torch.Generator().manual_seed(1))
+    mean, std = m.latent_moments()
+    assert torch.allclose(draws.mean(0), mean, atol=0.03) and torch.allclose(draws.std(0), std, rtol=0.03)
+    x = (torch.rand(6, 1, 8, 8) * 255).to(torch.uint8)
+    m.train()
+    out = m.loss((x, None))
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and m.pseudo_inputs.grad.abs().sum() > 0
+    # The ELBO's KL is log q(z|x) - log p(z) at the sampled z: equal to the importance weight's at k = 1.
+    m.eval()
+    xb = torch.rand(6, 1, 8, 8).bernoulli(generator=torch.Generator().manual_seed(2))
+    torch.manual_seed(3)
+    elbo = torch.stack([m.elbo(xb) for _ in range(400)]).mean(0)
+    torch.manual_seed(4)
+    iw1 = torch.stack([m.importance_terms(xb, 1)["log_w"][0] for _ in range(400)]).mean(0)
+    assert (elbo - iw1).abs().max() < 1.0          # two Monte Carlo means of the same quantity
+    assert (m.nll(xb, k=200) <= -elbo + 0.5).all()   # the bound tightens with k
+    dgm.save(m, tmp_path)
+    back = dgm.load(tmp_path).eval()
+    g = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    assert torch.equal(m.sample(4, generator=g()), back.sample(4, generator=g()))
+    with pytest.raises(ValueError, match="prior"):
+        VAE(VAEConfig(prior="flat"))

@@ -7,6 +7,11 @@ encoder through a random draw.
 `objective="iwae"` trains on the importance-weighted bound instead (Burda et al. 2015, eq. 8):
 L_k = log (1/k) sum_i p(x, z_i) / q(z_i|x), z_i ~ q(z|x) reparameterised, k = `iwae_k`; L_1 is the one-sample ELBO
 (with a Monte Carlo KL), and L_k tightens as k grows. The same importance weights give `nll` (k = 5000 by default).
+
+`prior="vamp"` replaces N(0, I) by the VampPrior (Tomczak & Welling 2018, eq. 9): p(z) = (1/K) sum_k q(z | u_k), the
+encoder's posteriors at K learned pseudo-inputs u_k (`vamp_components`, pixels kept in [0, 1]), trained with the rest.
+The KL has no closed form then and is estimated from the sample, log q(z|x) - log p(z); sampling picks a component
+and draws from it.
 """
 from __future__ import annotations
 
@@ -45,6 +50,8 @@ class VAEConfig(ImageConfig):
     gamma: float = 1000.0
     objective: str = "elbo"                  # "elbo" or "iwae" (the k-sample bound of Burda et al. 2015 as the loss)
     iwae_k: int = 5                          # importance samples per image for objective="iwae"
+    prior: str = "normal"                    # "normal" (N(0, I)) or "vamp" (Tomczak & Welling 2018)
+    vamp_components: int = 500               # K pseudo-inputs of the VampPrior
 
 
 @register("vae")
@@ -58,6 +65,9 @@ class VAE(GenerativeModel):
             raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {c.likelihood!r}")
         if c.objective not in ("elbo", "iwae"):
             raise ValueError(f"objective must be 'elbo' or 'iwae', got {c.objective!r}")
+        if c.prior not in ("normal", "vamp") or c.vamp_components < 1:
+            raise ValueError(f"prior must be 'normal' or 'vamp' with vamp_components >= 1, got {c.prior!r}, "
+                             f"{c.vamp_components}")
         if c.objective == "iwae" and (c.iwae_k < 1 or c.beta != 1.0 or c.capacity_max > 0):
             raise ValueError(f"objective='iwae' is the bound itself: it needs iwae_k >= 1 (got {c.iwae_k}) and no "
                              f"beta or capacity (got beta={c.beta}, capacity_max={c.capacity_max})")
@@ -68,6 +78,10 @@ class VAE(GenerativeModel):
         if c.likelihood == "gaussian":
             # One learned noise level for all pixels: a proper density, so the ELBO is a bound on log p(x).
             self.log_sigma = nn.Parameter(torch.tensor(-1.0))
+        if c.prior == "vamp":   # pseudo-inputs start as mid-grey noise (T&W initialise them randomly too)
+            g = torch.Generator().manual_seed(0)
+            self.pseudo_inputs = nn.Parameter(0.5 + 0.05 * torch.randn(
+                (c.vamp_components, c.channels, c.image_size, c.image_size), generator=g))
 
     # -- the model's pieces ----------------------------------------------------------------------------------
     def prepare(self, x_uint8: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -101,12 +115,53 @@ class VAE(GenerativeModel):
         mean, ls = torch.sigmoid(logits), self.log_sigma
         return (-0.5 * (LOG2PI + 2 * ls + ((x - mean) / ls.exp()).pow(2))).flatten(-3).sum(-1)
 
+    # -- the prior ----------------------------------------------------------------------------------------------
+    def prior_components(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """VampPrior: (mu, logvar) of q(z | u_k) at the K pseudo-inputs, each (K, D)."""
+        return self.posterior(self.pseudo_inputs.clamp(0.0, 1.0))
+
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) for codes (..., D) -> (...): N(0, I), or the VampPrior's mixture computed as matrix products
+        (sum_d of (z_d - mu_kd)^2 / var_kd expanded), never materialising (..., K, D)."""
+        if self.config.prior == "normal":
+            zero = torch.zeros((), device=z.device)
+            return gaussian_log_prob(z, zero, zero)
+        mu, logvar = (t.float() for t in self.prior_components())
+        inv = (-logvar).exp()                                                # (K, D)
+        flat = z.reshape(-1, z.shape[-1]).float()
+        quad = flat.pow(2) @ inv.T - 2 * flat @ (mu * inv).T + (mu.pow(2) * inv).sum(1)   # (N, K)
+        log_k = -0.5 * (z.shape[-1] * LOG2PI + logvar.sum(1) + quad)
+        return (torch.logsumexp(log_k, 1) - math.log(len(mu))).reshape(z.shape[:-1])
+
+    def sample_latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.config.prior == "normal":
+            return super().sample_latent(n, generator)
+        with torch.no_grad():
+            mu, logvar = self.prior_components()
+        pick = (torch.randint(len(mu), (n,), generator=generator, device=generator.device) if generator is not None
+                else torch.randint(len(mu), (n,), device=mu.device)).to(mu.device)
+        eps = randn((n, self.config.latent_dim), generator, self.device)
+        return mu[pick] + (0.5 * logvar[pick]).exp() * eps
+
+    def latent_moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.config.prior == "normal":
+            return super().latent_moments()
+        with torch.no_grad():
+            mu, logvar = self.prior_components()
+            mean = mu.mean(0)
+            return mean, (logvar.exp() + mu.pow(2)).mean(0).sub(mean.pow(2)).clamp_min(0).sqrt()
+
     def terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-example ELBO terms: recon = -log p(x|z) at one reparameterised z, kl (B,), and mu (B, D)."""
+        """Per-example ELBO terms: recon = -log p(x|z) at one reparameterised z, kl (B,) (closed form for N(0, I),
+        log q(z|x) - log p(z) at the same z for the VampPrior), and mu (B, D)."""
         mu, logvar = self.posterior(x)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()  # reparameterisation trick
         recon = -self.log_likelihood(x, self.decoder(z))
-        return {"recon": recon, "kl": gaussian_kl(mu, logvar).sum(1), "mu": mu}
+        if self.config.prior == "normal":
+            kl = gaussian_kl(mu, logvar).sum(1)
+        else:
+            kl = gaussian_log_prob(z, mu, logvar) - self.log_prior(z)
+        return {"recon": recon, "kl": kl, "mu": mu}
 
     def importance_terms(self, x: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
         """k reparameterised draws z_i ~ q(z|x) per example: log_w = log p(x|z_i) + log p(z_i) - log q(z_i|x) and
@@ -115,8 +170,7 @@ class VAE(GenerativeModel):
         z = mu + (0.5 * logvar).exp() * torch.randn((k,) + mu.shape, device=mu.device)   # (k, B, D)
         logits = self.decoder(z.flatten(0, 1)).float().unflatten(0, (k, len(x)))
         log_px = self.log_likelihood(x, logits)
-        zero = torch.zeros((), device=z.device)
-        log_w = log_px + gaussian_log_prob(z, zero, zero) - gaussian_log_prob(z, mu, logvar)
+        log_w = log_px + self.log_prior(z) - gaussian_log_prob(z, mu, logvar)
         return {"log_w": log_w, "log_px": log_px, "mu": mu, "logvar": logvar}
 
     # -- the contract ----------------------------------------------------------------------------------------
@@ -141,14 +195,15 @@ class VAE(GenerativeModel):
         """-L_k averaged over the batch (Burda et al. 2015, eq. 8), plus the usual logs from the same draws."""
         t = self.importance_terms(x, k)
         bound = torch.logsumexp(t["log_w"], 0) - math.log(k)                     # (B,)
-        kl = gaussian_kl(t["mu"], t["logvar"]).sum(1).mean()
+        kl = (t["log_px"] - t["log_w"]).mean() if self.config.prior == "vamp" else \
+            gaussian_kl(t["mu"], t["logvar"]).sum(1).mean()
         active = (t["mu"].detach().var(0) > 0.01).sum() if len(x) > 1 else torch.zeros(())
         return {"loss": -bound.mean(), "iwae": bound.mean().detach(), "recon": -t["log_px"].mean().detach(),
                 "kl": kl.detach(), "elbo": t["log_w"].mean().detach(), "active_units": active.float()}
 
     @torch.inference_mode()
     def sample(self, n, *, cond=None, generator=None):
-        return self.decode(randn((n, self.config.latent_dim), generator, self.device))
+        return self.decode(self.sample_latent(n, generator))
 
     def preview(self, batch, generator):
         x = to_float(batch[0][:32])
