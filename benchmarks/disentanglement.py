@@ -9,10 +9,11 @@ Writes benchmarks/results/disentanglement.{json,md} and runs/bench_dis_{vae,beta
 
 The study (issue 20; Locatello et al. 2019's design at a CPU's scale): every model of STUDY x --seeds, each cell one
 run folder under --runs/study_dis<TAG>/ holding its metrics (study.json), resumable, one thread per process, and two
-processes may share the cells (a lock per cell):
+processes may share the cells (a lock per cell); each finished cell's record is also kept in
+benchmarks/results/disentanglement_study<TAG>_cells/ (tracked), and a cell with a record there is done:
 
-    OMP_NUM_THREADS=1 nohup taskset -c 0 python benchmarks/disentanglement.py --study > logs/study0.log 2>&1 &
-    OMP_NUM_THREADS=1 nohup taskset -c 1 python benchmarks/disentanglement.py --study > logs/study1.log 2>&1 &
+    OMP_NUM_THREADS=1 nohup taskset -c 0 python benchmarks/disentanglement.py --study --steps 20000 > study0.log 2>&1 &
+    OMP_NUM_THREADS=1 nohup taskset -c 1 python benchmarks/disentanglement.py --study --steps 20000 > study1.log 2>&1 &
     python benchmarks/disentanglement.py --study --report     # the table and plots of the cells done so far
 
 Writes benchmarks/results/disentanglement_study<TAG>.{json,md,png} and ..._curves.png (reconstruction and KL of
@@ -168,11 +169,12 @@ def study(args, parser) -> int:
     seeds = [int(v) for v in args.seeds.split(",")]
     root = Path(args.runs) / f"study_dis{args.tag}"
     root.mkdir(parents=True, exist_ok=True)
+    records = RESULTS / f"disentanglement_study{args.tag}_cells"   # tracked: a finished cell survives the machine
     if not args.report:
         for seed in seeds:           # seed-major: a partial study has every model at its first seeds
             for name in models:
                 cell = root / f"{name}_s{seed}"
-                if (cell / "study.json").is_file():
+                if (records / f"{cell.name}.json").is_file():
                     continue
                 with open(root / f".{cell.name}.lock", "a+") as lock:
                     try:
@@ -181,7 +183,9 @@ def study(args, parser) -> int:
                         continue     # the other process has it
                     if not (cell / "study.json").is_file():
                         study_cell(args, name, seed, cell)
-    study_report(args, root, models, seeds)
+                    records.mkdir(parents=True, exist_ok=True)
+                    (records / f"{cell.name}.json").write_text((cell / "study.json").read_text())
+    study_report(args, records, models, seeds)
     return 0
 
 
@@ -245,12 +249,12 @@ def divergence(recon: list, window: int = 10) -> float:
     return max(0.0, med[-1] - min(med))
 
 
-def study_report(args, root: Path, models: list[str], seeds: list[int]) -> None:
+def study_report(args, records: Path, models: list[str], seeds: list[int]) -> None:
     import numpy as np
-    cells = [json.loads((root / f"{m}_s{s}" / "study.json").read_text()) for m in models for s in seeds
-             if (root / f"{m}_s{s}" / "study.json").is_file()]
+    cells = [json.loads((records / f"{m}_s{s}.json").read_text()) for m in models for s in seeds
+             if (records / f"{m}_s{s}.json").is_file()]
     if not cells:
-        print(f"no finished cells under {root} yet")
+        print(f"no finished cells in {records} yet")
         return
     base = RESULTS / f"disentanglement_study{args.tag}"
     lines = [f"Protocol: {json.dumps(study_protocol(args))}", "",
