@@ -114,11 +114,14 @@ def test_inception_extractor_gives_finite_2048_d_features(inception):
 
 def test_eager_inception_reproduces_the_torchscript_file_and_loads_pytorch_fid_state_dicts(inception, tmp_path):
     from dgm.metrics.inception import FIDInceptionV3, copy_from_torchscript
-    net = copy_from_torchscript(FIDInceptionV3(), inception.net)
+    net = copy_from_torchscript(FIDInceptionV3(), inception.script)
     x = torch.rand(1, 3, 299, 299) * 2 - 1
     with torch.inference_mode():
-        want = inception.net(x)
+        want = inception.script(x)
         assert torch.allclose(net(x), want, atol=1e-4)
+        # What the extractor runs (BatchNorm folded, channels_last) is the same function.
+        fast = inception.net(x.contiguous(memory_format=torch.channels_last))
+        assert torch.allclose(fast, want, atol=1e-4)
     # A state dict with pytorch-fid's layer names (plus its unused fc) loads through --inception PATH.
     sd = {**net.state_dict(), "fc.weight": torch.zeros(1008, 2048), "fc.bias": torch.zeros(1008)}
     torch.save(sd, tmp_path / "pt_inception.pth")
