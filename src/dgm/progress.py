@@ -64,7 +64,7 @@ class Progress:
         if first and left > self.done:
             estimate = (time.perf_counter() - self.t0) / self.done * left
             if self.log is not None and estimate >= self.say_after:
-                rest = f" (the rest: {left} of {self.total} {self.unit})" if self.initial else ""
+                rest = f" (the rest: {left} of {self.total})" if self.initial else ""
                 line = (f"{self.desc}: estimated {minutes_text(estimate)} for "
                         f"{self.what or f'{self.total} {self.unit}'}{rest} (timed on the first)")
                 self.log(line + (f"; cheaper: {self.cheaper}" if self.cheaper else ""))
