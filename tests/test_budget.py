@@ -156,3 +156,23 @@ def test_protocol_matching():
     assert b.cell_metrics("diffusion", a) == ["fid"] and b.cell_metrics("gan", a) == ["fid"]
     assert b.cell_metrics("vae", a) == ["nll", "fid"]
     assert b.cell_metrics("ae", b.parse(["--out", "x", "--fid", "none"])) == ["cluster"]
+
+
+def test_cpu_minutes_to_the_same_quality():
+    b = load_budget()
+    # linear in log-minutes between measured budgets: halfway from 90 to 86 is the geometric mean of 5 and 15
+    how, t = b.minutes_to_reach([(15, 86.0), (5, 90.0), (60, 84.0)], 88.0)
+    assert how == "at" and t == pytest.approx((5 * 15) ** 0.5)
+    assert b.minutes_to_reach([(5, 90.0), (15, 86.0)], 95.0) == ("below", 5)  # the first budget already does better
+    assert b.minutes_to_reach([(5, 90.0), (15, 86.0)], 80.0) == ("above", 15)  # never reached on the curve
+    cells = {}
+    for fam, vals in (("vae", (90.0, 86.0, 84.0)), ("pythae-vae", (110.0, 95.0, 87.0))):
+        for m, v in zip((5, 15, 60), vals):
+            cells[b.cell_id(fam, m)] = {"family": fam, "minutes": m, "done": True, "metrics": {"nll": {"value": v}}}
+    lines = b.cpu_ratios({"cells": cells})
+    # pythae's 60-minute 87 nats: dgm's curve crosses 87 between 5 (90) and 15 (86)
+    t = 5 * 3 ** 0.75  # 3/4 of the way from 90 to 86 in log-minutes
+    assert any(f"60-minute 87.00 is reached by vae after ~{t:.1f}" in x and f"{60 / t:.1f}x" in x for x in lines)
+    assert any("pythae-vae's 15-minute 95.00 is already beaten by vae's first budget" in x for x in lines)
+    assert any("vae's 60-minute 84.00 is not reached by pythae-vae" in x for x in lines)
+    assert "CPU-minutes to the same quality" in b.render_md({"cells": cells, "protocol": {}})
