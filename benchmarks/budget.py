@@ -115,9 +115,27 @@ def metric_plan(metric: str, a) -> tuple[list[str], int, dict]:
     raise ValueError(metric)
 
 
+def parse_variant(spec: str) -> tuple[str, str, list[str]]:
+    """`NAME=FAMILY:KEY=VALUE,KEY=VALUE` -> (NAME, FAMILY, ["KEY=VALUE", ...]): a recipe other than the family's
+    defaults, trained with those `--set` options and named NAME in the table (e.g. vae-iwae=vae:objective=iwae)."""
+    name, sep, rest = spec.partition("=")
+    family, _, sets = rest.partition(":")
+    opts = [x for x in sets.split(",") if x]
+    if not sep or not name or not family or any("=" not in x for x in opts) or "minutes" in {x.split("=")[0]
+                                                                                             for x in opts}:
+        raise SystemExit(f"--variant {spec!r}: expected NAME=FAMILY:KEY=VALUE[,KEY=VALUE...] (the budget sets "
+                         f"minutes)")
+    return name, family, opts
+
+
+def base_family(family: str, a) -> tuple[str, list[str]]:
+    """(the dgm family, its --set options) of a table row: a family at its defaults or a --variant."""
+    return getattr(a, "variant_map", {}).get(family, (family, []))
+
+
 def cell_metrics(family: str, a) -> list[str]:
     out = []
-    for m in FAMILY_METRICS.get(family, ("fid",)):
+    for m in FAMILY_METRICS.get(base_family(family, a)[0], ("fid",)):
         if m == "fid":
             if a.fid == "none":
                 continue
@@ -198,7 +216,8 @@ class Harness:
                 "nll": f"IWAE k = {a.nll_k}, {a.nll_n} test images (all when >= the split), fixed binarisation seed 0",
                 "cluster": f"k-means accuracy on latent means, {a.cluster_n} test images",
                 "bpd": f"variational bound, {a.bpd_n} test images x {a.bpd_t or 'all'} stratified timesteps",
-                "defaults": "each family's current defaults for the dataset (no --set but minutes)"}
+                "defaults": "each family's current defaults for the dataset (no --set but minutes)" +
+                            "".join(f"; row {n}: {f} with {', '.join(o)}" for n, (f, o) in a.variant_map.items())}
 
     def save(self) -> None:
         with self.lock:
@@ -260,6 +279,10 @@ class Harness:
         run.parent.mkdir(parents=True, exist_ok=True)
         log = run.parent / f"{run.name}.log"
         anchor = family in ANCHORS
+        base, sets = base_family(family, a)
+        if sets:
+            with self.lock:
+                c["variant"] = {"family": base, "set": sets}
         # 1. training (resumed when a checkpoint is there and the run is unfinished)
         wait_unlocked(run)
         cfg = read_json(run / "config.json")
@@ -269,11 +292,11 @@ class Harness:
                 cmd = [a.anchor_python, str(ANCHOR_SCRIPT), "train", "--anchor", family, "--minutes", str(minutes),
                        "--data", a.data, "--out", str(run)] + (["--data-dir", a.data_dir] if a.data_dir else [])
             elif cfg and (run / "checkpoint.pt").is_file():
-                cmd = [sys.executable, "-m", "dgm.cli", "train", family, "--out", str(run), "--resume", "-q"]
+                cmd = [sys.executable, "-m", "dgm.cli", "train", base, "--out", str(run), "--resume", "-q"]
             else:
-                cmd = [sys.executable, "-m", "dgm.cli", "train", family, "--data", a.data, "--set",
-                       f"minutes={minutes:g}", "--out", str(run), "-q"] + (["--data-dir", a.data_dir]
-                                                                            if a.data_dir else [])
+                cmd = [sys.executable, "-m", "dgm.cli", "train", base, "--data", a.data, "--set",
+                       f"minutes={minutes:g}", *[x for o in sets for x in ("--set", o)], "--out", str(run),
+                       "-q"] + (["--data-dir", a.data_dir] if a.data_dir else [])
             with self.lock:
                 c["train_command"] = " ".join(shlex.quote(x) for x in cmd)
             self.call(cmd, log, core)
@@ -627,6 +650,9 @@ def parse(argv):
     p.add_argument("--minutes", default="5,15,60", help="budgets in process CPU-minutes, comma-separated")
     p.add_argument("--families", default="ae,vae,gan,diffusion")
     p.add_argument("--anchors", default="", help=f"comma-separated, of {', '.join(ANCHORS)} (separate environment)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=FAMILY:KEY=VALUE[,KEY=VALUE]",
+                   help="a recipe row besides the defaults, usable in --families (repeatable), e.g. "
+                        "vae-iwae=vae:objective=iwae,iwae_k=5")
     p.add_argument("--anchor-python", default=str(ANCHOR_PYTHON), help="python of benchmarks/compare's environment")
     p.add_argument("--out", required=True, help="folder for budget.json / .md / .png")
     p.add_argument("--runs-dir", default=None, help="folder for the run folders (default OUT/runs)")
@@ -647,6 +673,12 @@ def parse(argv):
     p.add_argument("--bpd-t", type=int, default=50)
     p.add_argument("--plot-only", action="store_true", help="redraw budget.md/png from budget.json")
     a = p.parse_args(argv)
+    a.variant_map = {}
+    for spec in a.variant:
+        name, family, opts = parse_variant(spec)
+        if name in FAMILY_METRICS or name in a.variant_map:
+            raise SystemExit(f"--variant {spec!r}: the name {name!r} is taken")
+        a.variant_map[name] = (family, opts)
     if a.fid == "inception" and a.n <= INCEPTION_DIM and not a.plot_only:
         p.error(f"Inception FID needs --n > {INCEPTION_DIM} (its features are {INCEPTION_DIM}-d); "
                 f"for a smoke run use --fid domain or --fid none")

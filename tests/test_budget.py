@@ -176,3 +176,22 @@ def test_cpu_minutes_to_the_same_quality():
     assert any("pythae-vae's 15-minute 95.00 is already beaten by vae's first budget" in x for x in lines)
     assert any("vae's 60-minute 84.00 is not reached by pythae-vae" in x for x in lines)
     assert "CPU-minutes to the same quality" in b.render_md({"cells": cells, "protocol": {}})
+
+
+def test_variant_rows(tmp_path):
+    b = load_budget()
+    a = b.parse(["--out", "x", "--fid", "none", "--variant", "vae-iwae=vae:objective=iwae,iwae_k=3"])
+    assert b.base_family("vae-iwae", a) == ("vae", ["objective=iwae", "iwae_k=3"])
+    assert b.base_family("gan", a) == ("gan", []) and b.cell_metrics("vae-iwae", a) == ["nll"]
+    for bad in ("vae-iwae", "x=vae:iwae_k", "x=vae:minutes=3", "vae=vae:iwae_k=3"):
+        with pytest.raises(SystemExit):
+            b.parse(["--out", "x", "--variant", bad])
+    # a variant row trains its family with the options set (here on the tiny budget) and is named in the table
+    harness(tmp_path, "--variant", "vae-iwae=vae:objective=iwae,iwae_k=2", "--families", "vae-iwae")
+    st = state(tmp_path)
+    c = st["cells"]["vae-iwae@0.05"]
+    assert c["done"] and c["variant"] == {"family": "vae", "set": ["objective=iwae", "iwae_k=2"]}
+    cfg = json.loads((tmp_path / "runs" / "vae-iwae_0p05min" / "config.json").read_text())
+    assert cfg["model"]["objective"] == "iwae" and cfg["model"]["iwae_k"] == 2 and cfg["train"]["minutes"] == 0.05
+    assert "row vae-iwae: vae with objective=iwae, iwae_k=2" in st["protocol"]["defaults"]
+    assert "| vae-iwae |" in (tmp_path / "out" / "budget.md").read_text()
