@@ -460,6 +460,27 @@ def cpu_ratios(state: dict) -> list[str]:
     return out
 
 
+SHORT = {"fid": "FID {:.2f}", "domain_fid": "dFID {:.2f}", "nll": "NLL {:.2f}", "cluster": "k-means {:.1%}",
+         "bpd": "{:.3f} b/d"}
+
+
+def headline(state: dict) -> list[str]:
+    """The short table (family x budget, the numbers only) that BENCHMARKS.md and the README quote."""
+    cells = state.get("cells", {})
+    fams = list(dict.fromkeys(c["family"] for c in cells.values()))
+    budgets = sorted({c["minutes"] for c in cells.values()})
+    lines = ["| family | " + " | ".join(f"{fmt_minutes(b)} CPU-min" for b in budgets) + " |",
+             "|---|" + "---|" * len(budgets)]
+    for f in fams:
+        row = []
+        for b in budgets:
+            c = cells.get(cell_id(f, b)) or {}
+            txt = ", ".join(SHORT[m].format(r["value"]) for m, r in c.get("metrics", {}).items() if m in SHORT)
+            row.append((txt + ("" if c.get("done") or not c else " (unfinished)")).strip())
+        lines.append(f"| {f}{' (anchor)' if f in ANCHORS else ''} | " + " | ".join(row) + " |")
+    return lines
+
+
 def render_md(state: dict) -> str:
     cells = state.get("cells", {})
     fams = list(dict.fromkeys(c["family"] for c in cells.values()))
@@ -470,7 +491,8 @@ def render_md(state: dict) -> str:
              f"{p.get('jobs')} job(s) at a time. {p.get('defaults')}.", "",
              f"- sample quality: {p.get('fid')}", f"- VAE: {p.get('nll')}", f"- AE: {p.get('cluster')}",
              *([f"- diffusion: {p.get('bpd')}"] if any("bpd" in c.get("metrics", {}) for c in cells.values())
-               else []), "",
+               else []), "", "In short (dFID: domain FID; the cells below give each number's protocol):", "",
+             *headline(state), "", "In full:", "",
              "| family | " + " | ".join(f"{fmt_minutes(b)} CPU-min" for b in budgets) + " |",
              "|---|" + "---|" * len(budgets)]
     for f in fams:

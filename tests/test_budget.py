@@ -137,6 +137,8 @@ def test_table_and_plot_with_fid_and_anchors(tmp_path):
     md = b.render_md(st)
     assert "FID **40.00** (N=2500, bf16)" in md and "NLL **95.50** ± 0.20 nats (k=1000, 10000 test)" in md
     assert "| diffusers-ddpm |" in md and "5 CPU-min | 15 CPU-min" in md
+    assert "| vae | FID 90.00, NLL 95.50 | FID 70.00 |" in md  # the short table
+    assert "| diffusers-ddpm (anchor) | FID 120.00 | FID 60.00 |" in md
     b.plot(st, tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
 
