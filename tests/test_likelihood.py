@@ -131,6 +131,32 @@ def test_evaluate_records_the_default_protocol(tmp_path):
         evaluate(run, ["nll"], protocol="quick")
 
 
+def test_evaluate_scores_a_model_that_is_not_a_module(tmp_path):
+    """benchmarks/compare scores other libraries' VAEs through a plain object with nll(): the NLL metric must not
+    assume an nn.Module (its channels_last copy), and gives the wrapped model's own numbers."""
+    import dgm
+    from dgm.evaluate import evaluate
+    vae = tiny_vae(size=16, latent=2)
+    run = dgm.save(vae, tmp_path / "r", extra={"data": {"name": "digits", "image_size": 16}})
+
+    class Wrapper:  # what benchmarks/compare/budget_anchors.py's wrappers offer: no .to, no parameters
+        device, config = torch.device("cpu"), vae.config
+
+        def capabilities(self):
+            return frozenset({"nll"})
+
+        def eval(self):
+            return self
+
+        def nll(self, x, k=1):
+            return vae.nll(x, k)
+
+    opts = {"progress": False, "k": 5, "nll_n": 20}
+    wrapped = evaluate(run, ["nll"], options=opts, model=Wrapper())["test_nll"]
+    own = evaluate(run, ["nll"], options={**opts, "nll_channels_last": False})["test_nll"]
+    assert wrapped["n"] == 20 and wrapped["value"] == pytest.approx(own["value"], rel=1e-6)
+
+
 # -- the IWAE training objective (Burda et al. 2015, eq. 8) ----------------------------------------------------------
 def test_iwae_objective_with_one_sample_is_the_elbo():
     batch = ((images(256, size=8, seed=3) * 255).to(torch.uint8), None)
