@@ -30,6 +30,12 @@ same protocol is reused, and a training that was killed continues with `dgm trai
       --data-dir ../shared/data \\
       --cores 0 --out benchmarks/results/budget_mnist
   python benchmarks/budget.py ... --resume                        # the same command, continued
+
+Recipes other than the defaults are rows of their own (`--variant NAME=FAMILY:KEY=VALUE,...`, then NAME in
+--families), trained with those options set and measured on the same protocol:
+
+  python benchmarks/budget.py --minutes 15 --families vae,vae-iwae --variant vae-iwae=vae:objective=iwae,iwae_k=5 \
+      --fid none --nll-n 1000 --data-dir ../shared/data --out benchmarks/results/vae_probe
 """
 from __future__ import annotations
 
