@@ -133,3 +133,36 @@ def test_runner_report_and_idle_wait(tmp_path):
     assert "| dgm VAE train | bf16-gemm | 31.0 | 2.82x (2.67-3.0)" in text
     assert "10% (bf16)" in text  # 31 img/s * 1 GFLOP / 300 GFLOP/s
     assert (tmp_path / "out.json").is_file() and (tmp_path / "out.md").is_file()
+
+
+ANCHOR_PY = ROOT / "benchmarks" / "compare" / ".venv-anchors" / "bin" / "python"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not ANCHOR_PY.is_file(), reason="needs benchmarks/compare's environment (bash "
+                                                     "benchmarks/compare/setup.sh)")
+def test_diffusers_anchor_resumes_exactly(tmp_path):
+    """A diffusers anchor training killed after a checkpoint and run again ends with the weights of an uninterrupted
+    run: the budget harness can stop a session mid-anchor without losing it."""
+    import os
+    import subprocess
+    import time
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def train(out, **kw):
+        return subprocess.Popen([str(ANCHOR_PY), str(ROOT / "benchmarks" / "compare" / "budget_anchors.py"), "train",
+                                 "--anchor", "diffusers-ddpm", "--minutes", "30", "--max-steps", "8", "--data", "digits",
+                                 "--out", str(out), "--ckpt-cpu-seconds", "0"], env=env, cwd=ROOT, **kw)
+
+    assert train(tmp_path / "a").wait() == 0
+    p = train(tmp_path / "b")
+    ckpt = tmp_path / "b" / "anchor_ckpt.pt"
+    while not ckpt.is_file() and p.poll() is None:
+        time.sleep(0.5)
+    p.kill()
+    p.wait()
+    if not (tmp_path / "b" / "config.json").is_file():  # killed mid-run (not after the end): resume it
+        assert train(tmp_path / "b", stdout=subprocess.PIPE, text=True).communicate()[0].count("resumed from") == 1
+    a, b = (torch.load(d / "anchor_ckpt.pt", weights_only=True) for d in (tmp_path / "a", tmp_path / "b"))
+    assert a["step"] == b["step"] == 8 and a["losses"] == b["losses"]
+    assert all(torch.equal(a["unet"][k], b["unet"][k]) for k in a["unet"])

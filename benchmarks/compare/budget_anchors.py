@@ -208,7 +208,7 @@ def train_diffusers(a, out: Path) -> dict:
 
     last_save = used()
     unet.train()
-    while used() < budget:
+    while used() < budget and not (a.max_steps and step >= a.max_steps):
         if perm is None or pos > len(data) - bs:
             perm, pos = torch.randperm(len(data), generator=g), 0
         clean = data[perm[pos:pos + bs]]
@@ -234,7 +234,8 @@ def train_diffusers(a, out: Path) -> dict:
     unet.save_pretrained(out / "unet_ema")
     sched.save_pretrained(out / "scheduler")
     tail = losses[-200:]
-    return {"steps": step, "cpu_seconds": cpu, "wall_seconds": wall, "stopped_by": "budget",
+    stopped = "steps" if a.max_steps and step >= a.max_steps else "budget"
+    return {"steps": step, "cpu_seconds": cpu, "wall_seconds": wall, "stopped_by": stopped,
             "epochs": step * bs / len(data), "final_loss_mean200": sum(tail) / max(1, len(tail)),
             "library": "diffusers 0.42.1 (train_unconditional loop)",
             "model": {**{k: list(v) if isinstance(v, tuple) else v for k, v in UNET.items()},
@@ -320,6 +321,7 @@ def main(argv=None):
     t.add_argument("--data-dir")
     t.add_argument("--out", required=True)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--max-steps", type=int, default=0, help="diffusers-ddpm: stop after this many steps too (tests)")
     t.add_argument("--ckpt-cpu-seconds", type=float, default=300.0,
                    help="diffusers-ddpm: checkpoint every this many CPU-seconds (a killed run resumes from it)")
     e = sub.add_parser("eval")
