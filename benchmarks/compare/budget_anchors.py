@@ -121,7 +121,7 @@ class PythaeWrapper:
 
     def __init__(self, model, image_size: int):
         from types import SimpleNamespace
-        self.m = model.eval()
+        self.m = model.eval().to(memory_format=torch.channels_last)  # the same function; its deconvs 1.2x faster
         self.device = torch.device("cpu")
         self.config = SimpleNamespace(likelihood="bernoulli", binarize=True, image_size=image_size, channels=1,
                                       latent_dim=VAE_ARGS["latent_dim"])
