@@ -45,6 +45,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import threading
@@ -185,6 +186,26 @@ def rec_matches(metric: str, rec, a) -> bool:
     return matches(metric, rec, a, n_test)
 
 
+def same_recipe(run_cfg: dict, fresh: dict, family: str) -> bool:
+    """Does a run's config.json follow the recipe a fresh run would get now (length aside)? An option the run
+    predates counts as its default, which is what loading the run gives it."""
+    import dataclasses
+    from dgm.registry import get_family
+    from dgm.train import TrainConfig
+
+    def defaults(cls) -> dict:
+        return {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(cls) if not (f.default is dataclasses.MISSING
+                                                          and f.default_factory is dataclasses.MISSING)}
+    norm = lambda v: json.loads(json.dumps(v))  # noqa: E731  (tuples vs lists)
+    for part, cls in (("model", get_family(family).Config), ("train", TrainConfig)):
+        saved, dflt = run_cfg.get(part) or {}, defaults(cls)
+        for k, v in fresh[part].items():
+            if k not in ("steps", "epochs", "minutes") and norm(saved.get(k, dflt.get(k))) != norm(v):
+                return False
+    return True
+
+
 # -- the harness -----------------------------------------------------------------------------------------------
 class Harness:
     def __init__(self, a, argv: list[str]):
@@ -196,6 +217,7 @@ class Harness:
         self.free_cores = list(self.cores)
         self.ref_lock = threading.Lock()  # the FID reference statistics are computed once, before any FID
         self.ref_ready = False
+        self.budgets: list[float] = []
         path = self.out / "budget.json"
         self.state = read_json(path) if a.resume else {}
         if not a.resume and path.is_file() and read_json(path).get("cells"):
@@ -299,10 +321,22 @@ class Harness:
                        "--data", a.data, "--out", str(run)] + (["--data-dir", a.data_dir] if a.data_dir else [])
             elif cfg and (run / "checkpoint.pt").is_file():
                 cmd = [sys.executable, "-m", "dgm.cli", "train", base, "--out", str(run), "--resume", "-q"]
+            elif a.continue_runs and (prev := self.shorter_run(family, base, sets, minutes)) is not None:
+                # the shorter budget's run, continued: the same run a fresh one would be, for fewer CPU-minutes
+                if run.exists():  # a start that was killed before its first checkpoint: nothing to keep
+                    shutil.rmtree(run)
+                shutil.copytree(prev, run, ignore=shutil.ignore_patterns("eval.json", "*.lock", ".nll_partial.pt",
+                                                                         "bench_cache"))
+                with self.lock:
+                    c["continued_from"] = prev.name
+                print(f"[budget] {cid}: continuing {prev.name} to {fmt_minutes(minutes)} CPU-minutes", flush=True)
+                cmd = [sys.executable, "-m", "dgm.cli", "train", base, "--out", str(run), "--resume", "--minutes",
+                       f"{minutes:g}", "-q"]
             else:
                 cmd = [sys.executable, "-m", "dgm.cli", "train", base, "--data", a.data, "--set",
                        f"minutes={minutes:g}", *[x for o in sets for x in ("--set", o)], "--out", str(run),
-                       "-q"] + (["--data-dir", a.data_dir] if a.data_dir else [])
+                       "-q"] + (["--data-dir", a.data_dir] if a.data_dir else []) + \
+                    (["--overwrite"] if cfg else [])  # a start killed before its first checkpoint: nothing to keep
             with self.lock:
                 c["train_command"] = " ".join(shlex.quote(x) for x in cmd)
             self.call(cmd, log, core)
@@ -347,6 +381,24 @@ class Harness:
         self.save()
         print(f"[budget] {cid}: done {summary(c)}", flush=True)
 
+    def shorter_run(self, family: str, base: str, sets: list[str], minutes: float) -> Path | None:
+        """The finished run of the same row at the largest smaller budget, when continuing it to `minutes` gives
+        the run a fresh one would: its recipe is today's defaults (with the row's options) and nothing in it depends
+        on the budget (a constant lr after warm-up: lr_decay_start >= 1; dgm.train resumes exactly)."""
+        from dgm.tasks import fresh_config
+        budgets = set(self.budgets) | {c["minutes"] for c in self.state["cells"].values() if c["family"] == family}
+        for b in sorted((b for b in budgets if b < minutes), reverse=True):
+            prev = (self.runs / run_name(family, b)).resolve()
+            cfg = read_json(prev / "config.json")
+            if cfg.get("status") != "finished" or not (prev / "checkpoint.pt").is_file():
+                continue
+            if float((cfg.get("train") or {}).get("lr_decay_start", 1.0)) < 1.0:
+                return None
+            fresh = fresh_config(base, self.a.data, overrides=dict(x.split("=", 1) for x in sets),
+                                 data_dir=self.a.data_dir)
+            return prev if same_recipe(cfg, fresh, base) else None
+        return None
+
     def reference(self, log: Path, core: str | None) -> None:
         """The cached Inception statistics of the seeded 10,000 training images, computed by one process only (two
         jobs reaching their first FID together would otherwise both spend ~11 CPU-minutes on them)."""
@@ -361,6 +413,7 @@ class Harness:
             self.ref_ready = True
 
     def run(self, families: list[str], budgets: list[float]) -> None:
+        self.budgets = list(budgets)
         cells = [(f, m) for m in budgets for f in families]  # the cheap budgets first: the first table rows come soon
         if self.a.jobs <= 1:
             for f, m in cells:
@@ -513,6 +566,8 @@ def render_md(state: dict) -> str:
             if t.get("steps") is not None:
                 parts.append(f"{t['steps']:,} steps, {t.get('cpu_seconds', 0) / 60:.1f} CPU-min "
                              f"({t.get('wall_seconds', 0) / 60:.1f} wall)")
+            if c.get("continued_from"):
+                parts.append(f"(the run {c['continued_from']} continued)")
             if c.get("error"):
                 parts.append(f"FAILED: {c['error'][:120]}")
             elif not c.get("done"):
@@ -699,6 +754,9 @@ def parse(argv):
     p.add_argument("--cluster-n", type=int, default=10_000)
     p.add_argument("--bpd-n", type=int, default=1000)
     p.add_argument("--bpd-t", type=int, default=50)
+    p.add_argument("--no-continue", dest="continue_runs", action="store_false",
+                   help="train every budget fresh (default: a longer budget continues the shorter budget's finished "
+                        "run when nothing in the recipe depends on the budget)")
     p.add_argument("--plot-only", action="store_true", help="redraw budget.md/png from budget.json")
     a = p.parse_args(argv)
     a.variant_map = {}

@@ -197,3 +197,34 @@ def test_variant_rows(tmp_path):
     assert cfg["model"]["objective"] == "iwae" and cfg["model"]["iwae_k"] == 2 and cfg["train"]["minutes"] == 0.05
     assert "row vae-iwae: vae with objective=iwae, iwae_k=2" in st["protocol"]["defaults"]
     assert "| vae-iwae |" in (tmp_path / "out" / "budget.md").read_text()
+
+
+def test_a_longer_budget_continues_the_shorter_run(tmp_path):
+    # vae@0.1 continues the finished vae@0.05 run (a constant lr: the same run a fresh one would be)
+    harness(tmp_path, "--minutes", "0.05,0.1", "--families", "vae", "--nll-k", "2", "--nll-n", "16")
+    cells = state(tmp_path)["cells"]
+    assert all(c["done"] for c in cells.values()) and len(cells) == 2
+    assert cells["vae@0.1"]["continued_from"] == "vae_0p05min" and "continued_from" not in cells["vae@0.05"]
+    assert "resume" in cells["vae@0.1"]["train_command"]
+    runs = tmp_path / "runs"
+    short, long_ = (json.loads((runs / f"vae_{m}min" / "config.json").read_text()) for m in ("0p05", "0p1"))
+    assert short["train"]["minutes"] == 0.05 and long_["train"]["minutes"] == 0.1  # the shorter run is kept as it was
+    assert long_["progress"]["checkpoint_step"] > short["progress"]["checkpoint_step"]
+    assert long_["progress"]["cpu_seconds"] >= 0.1 * 60
+    rows = lambda m: [json.loads(x)["step"] for x in (runs / f"vae_{m}min" / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert rows("0p1")[:len(rows("0p05"))] == rows("0p05") and rows("0p1") == sorted(set(rows("0p1")))
+    assert "(the run vae_0p05min continued)" in (tmp_path / "out" / "budget.md").read_text()
+    # not continued: a recipe other than today's defaults, or an lr that decays over the budget
+    b = load_budget()
+    from dgm.tasks import fresh_config
+    fresh = fresh_config("vae", "digits")
+    assert b.same_recipe(short, fresh, "vae")
+    assert not b.same_recipe({**short, "model": {**short["model"], "latent_dim": 3}}, fresh, "vae")
+    old = {**short, "model": {k: v for k, v in short["model"].items() if k != "prior"}}  # predates the option
+    assert b.same_recipe(old, fresh, "vae")
+    h = b.Harness(b.parse(["--data", "digits", "--out", str(tmp_path / "o2"), "--runs-dir", str(runs)]), [])
+    h.budgets = [0.05, 0.1, 0.2]
+    assert h.shorter_run("vae", "vae", [], 0.2) == (runs / "vae_0p1min").resolve()
+    cfg = runs / "vae_0p1min" / "config.json"
+    cfg.write_text(json.dumps({**long_, "train": {**long_["train"], "lr_decay_start": 0.5}}))
+    assert h.shorter_run("vae", "vae", [], 0.2) is None

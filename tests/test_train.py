@@ -48,6 +48,18 @@ def test_resume_after_kill_is_bit_identical(tmp_path, digits8):
     assert (tmp_path / "killed" / "samples").is_dir()
 
 
+def test_extending_a_finished_run_is_the_longer_run(tmp_path, digits8):
+    """A finished run continued to a longer length ends where one run of that length ends (at a constant lr nothing
+    depends on the length): what lets benchmarks/budget.py continue its 15-minute run to 60 minutes."""
+    longer = run(tmp_path / "long", digits8, 20)
+    run(tmp_path / "short", digits8, 12)
+    extended = run(tmp_path / "short", digits8, 20, resume=True)
+    for (k, a), b in zip(longer.model.state_dict().items(), extended.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    for a, b in zip(longer.ema.state_dict().values(), extended.ema.state_dict().values()):
+        assert torch.equal(a, b)
+
+
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, digits8):
     model = VAE(VAEConfig(**TINY_VAE))
     real_loss = model.loss

@@ -25,7 +25,7 @@ from dgm.models.classifier import Classifier
 from dgm.registry import get_family
 from dgm.train import RESUMABLE, ResumeMismatch, TrainConfig, Trainer
 
-__all__ = ["UsageError", "train", "run_data", "load_data", "translate_paths"]
+__all__ = ["UsageError", "train", "fresh_config", "run_data", "load_data", "translate_paths"]
 
 # Model fields the dataset fixes (the CLI's --image-size sets the size).
 _FROM_DATA = {k: "taken from the dataset (use --image-size for the size)" for k in ("channels", "image_size",
@@ -123,6 +123,16 @@ def _build(cls, model_kw: dict, train_kw: dict, ds: ImageData):
         return tcfg, cls.for_data(ds, model_kw)
     except (TypeError, ValueError) as e:
         raise UsageError(str(e)) from None
+
+
+def fresh_config(family: str, data: str | None = None, *, overrides: dict[str, Any] | None = None,
+                 data_dir=None, image_size: int | None = None) -> dict[str, Any]:
+    """The model and train configs (as config.json records them) that a fresh `train` of `family` on `data` with
+    `overrides` would use: nothing is trained or written. Lets a caller check that an existing run follows the
+    current defaults before continuing it (benchmarks/budget.py)."""
+    cls, model_kw, train_kw = _fresh_options(family, dict(overrides or {}), {}, None)
+    tcfg, model = _build(cls, model_kw, train_kw, load_data(data or DEFAULT_DATA, "train", data_dir, image_size))
+    return json.loads(json.dumps({"model": dataclasses.asdict(model.config), "train": dataclasses.asdict(tcfg)}))
 
 
 def default_run_folder(family: str, data: str) -> Path:
