@@ -130,6 +130,9 @@ class PythaeWrapper:
     def capabilities(self):
         return frozenset({"nll", "sample"})
 
+    def state_dict(self):  # what dgm's NLL hashes to continue a killed estimate (RUN/.nll_partial.pt)
+        return self.m.state_dict()
+
     def eval(self):
         return self
 

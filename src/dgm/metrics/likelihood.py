@@ -209,14 +209,13 @@ def _nll(model, ctx):
     x, how = prepared_test_set(model, ctx, idx)
     precision = ctx.options.get("nll_precision", "fp32")
     # A model that is not an nn.Module (benchmarks/compare's wrapper of another library's VAE) is used as it is:
-    # no channels_last copy, and no partial file (its key hashes the weights)
-    module = isinstance(model, torch.nn.Module)
-    fast = ctx.options.get("nll_channels_last", module and model.device.type == "cpu")
+    # no channels_last copy, and a partial file only if it has a state_dict (the file's key hashes the weights)
+    fast = ctx.options.get("nll_channels_last", isinstance(model, torch.nn.Module) and model.device.type == "cpu")
     # A killed estimate (the paper protocol takes hours) continues from the batches it finished: run/.nll_partial.pt
     vals = iwae_nll(channels_last(model) if fast else model, x, plan["k"], chunk=int(ctx.options.get("nll_chunk", 500)),
                     batch=ctx.options.get("nll_batch"), precision=precision,
                     progress=ctx.options.get("progress", True), log=ctx.log, seed=ctx.seed,
-                    partial=ctx.run_dir / ".nll_partial.pt" if module else None,
+                    partial=ctx.run_dir / ".nll_partial.pt" if hasattr(model, "state_dict") else None,
                     cheaper="" if plan["k"] <= 100 else f"--k 100 (or --nll-n {max(100, plan['n'] // 10)})")
     rec = {**_stats(vals), "unit": "nats", "split": "test", "n": len(idx), "k": plan["k"], "preset": plan["preset"],
            "images": _which(idx, n_test, ctx.seed), "data": how,
