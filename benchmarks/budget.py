@@ -511,8 +511,10 @@ def cpu_ratios(state: dict) -> list[str]:
                                    f"~{t:.1f} CPU-minutes: **{max(b / t, t / b):.1f}x** "
                                    f"{'fewer' if t < b else 'more'} CPU-minutes for {a_f}")
                     elif how == "below":
-                        out.append(f"- {label}: {b_f}'s {fmt_minutes(b)}-minute {v:.2f} is already beaten by {a_f}'s "
-                                   f"first budget ({fmt_minutes(t)} CPU-minutes): **>= {b / t:.1f}x** fewer CPU-minutes for {a_f}")
+                        if b > t:  # (at the same budget, "at least 1x" says nothing)
+                            out.append(f"- {label}: {b_f}'s {fmt_minutes(b)}-minute {v:.2f} is already beaten by "
+                                       f"{a_f}'s first budget ({fmt_minutes(t)} CPU-minutes): **>= {b / t:.1f}x** "
+                                       f"fewer CPU-minutes for {a_f}")
                     elif a_f == ours or b >= t:
                         out.append(f"- {label}: {b_f}'s {fmt_minutes(b)}-minute {v:.2f} is not reached by {a_f} "
                                    f"within its {fmt_minutes(t)} CPU-minutes")

@@ -211,7 +211,8 @@ def test_a_longer_budget_continues_the_shorter_run(tmp_path):
     assert short["train"]["minutes"] == 0.05 and long_["train"]["minutes"] == 0.1  # the shorter run is kept as it was
     assert long_["progress"]["checkpoint_step"] > short["progress"]["checkpoint_step"]
     assert long_["progress"]["cpu_seconds"] >= 0.1 * 60
-    rows = lambda m: [json.loads(x)["step"] for x in (runs / f"vae_{m}min" / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    def rows(m):
+        return [json.loads(x)["step"] for x in (runs / f"vae_{m}min" / "metrics.jsonl").read_text().splitlines()]
     assert rows("0p1")[:len(rows("0p05"))] == rows("0p05") and rows("0p1") == sorted(set(rows("0p1")))
     assert "(the run vae_0p05min continued)" in (tmp_path / "out" / "budget.md").read_text()
     # not continued: a recipe other than today's defaults, or an lr that decays over the budget

@@ -151,8 +151,8 @@ def test_diffusers_anchor_resumes_exactly(tmp_path):
 
     def train(out, **kw):
         return subprocess.Popen([str(ANCHOR_PY), str(ROOT / "benchmarks" / "compare" / "budget_anchors.py"), "train",
-                                 "--anchor", "diffusers-ddpm", "--minutes", "30", "--max-steps", "8", "--data", "digits",
-                                 "--out", str(out), "--ckpt-cpu-seconds", "0"], env=env, cwd=ROOT, **kw)
+                                 "--anchor", "diffusers-ddpm", "--minutes", "30", "--max-steps", "8", "--data",
+                                 "digits", "--out", str(out), "--ckpt-cpu-seconds", "0"], env=env, cwd=ROOT, **kw)
 
     assert train(tmp_path / "a").wait() == 0
     p = train(tmp_path / "b")
