@@ -537,7 +537,7 @@ def headline(state: dict) -> list[str]:
         for b in budgets:
             c = cells.get(cell_id(f, b)) or {}
             txt = ", ".join(SHORT[m].format(r["value"]) for m, r in c.get("metrics", {}).items() if m in SHORT)
-            row.append((txt + ("" if c.get("done") or not c else " (unfinished)")).strip())
+            row.append(txt if c.get("done") else f"{txt} (not finished)" if txt else "not yet")
         lines.append(f"| {f}{' (anchor)' if f in ANCHORS else ''} | " + " | ".join(row) + " |")
     return lines
 

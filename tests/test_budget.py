@@ -229,3 +229,12 @@ def test_a_longer_budget_continues_the_shorter_run(tmp_path):
     cfg = runs / "vae_0p1min" / "config.json"
     cfg.write_text(json.dumps({**long_, "train": {**long_["train"], "lr_decay_start": 0.5}}))
     assert h.shorter_run("vae", "vae", [], 0.2) is None
+
+
+def test_benchmarks_md_quotes_the_budget_table():
+    """BENCHMARKS.md opens with the short table of the committed budget.md (benchmarks/sync_budget_table.py)."""
+    spec = importlib.util.spec_from_file_location("sync", ROOT / "benchmarks" / "sync_budget_table.py")
+    sync = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sync)
+    table = sync.short_table((ROOT / "benchmarks" / "results" / "budget_mnist" / "budget.md").read_text())
+    assert table.count("\n") >= 5 and table in (ROOT / "BENCHMARKS.md").read_text()
