@@ -649,8 +649,9 @@ def plot(state: dict, path: Path) -> None:
         ax.set_title(f"{label}, N = {'/'.join(str(n) for n in ns)}{extra}" if ns else label, fontsize=10)
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"What a CPU-minute buys: {state.get('protocol', {}).get('data', '')}, each family at its defaults",
-                 fontsize=11)
+    recipes = "each row's recipe in budget.md" if any(c.get("variant") for c in state.get("cells", {}).values()) \
+        else "each family at its defaults"
+    fig.suptitle(f"What a CPU-minute buys: {state.get('protocol', {}).get('data', '')}, {recipes}", fontsize=11)
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=110)
