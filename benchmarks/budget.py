@@ -629,7 +629,7 @@ def plot(state: dict, path: Path) -> None:
                         linestyle="--" if f in ANCHORS else "-", marker="o", color=colour[f],
                         label=f + (" (anchor)" if f in ANCHORS else ""))
             for x, y, _ in pts:
-                ax.annotate(f"{y:.0%}" if m == "cluster" else f"{y:.3g}", (x, y), textcoords="offset points",
+                ax.annotate(f"{y:.0%}" if m == "cluster" else f"{y:.3g}" if abs(y) < 1000 else f"{y:.0f}", (x, y), textcoords="offset points",
                             xytext=(5, 3), fontsize=8, color=colour[f])
         ax.set_xscale("log")
         if m in ("fid", "domain_fid") and all(c["metrics"][m]["value"] > 0 for c in cells if m in c["metrics"]):
