@@ -189,19 +189,14 @@ def rec_matches(metric: str, rec, a) -> bool:
 def same_recipe(run_cfg: dict, fresh: dict, family: str) -> bool:
     """Does a run's config.json follow the recipe a fresh run would get now (length aside)? An option the run
     predates counts as its default, which is what loading the run gives it."""
-    import dataclasses
+    from dgm.config import defaults_of, same_value
     from dgm.registry import get_family
     from dgm.train import TrainConfig
 
-    def defaults(cls) -> dict:
-        return {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
-                for f in dataclasses.fields(cls) if not (f.default is dataclasses.MISSING
-                                                          and f.default_factory is dataclasses.MISSING)}
-    norm = lambda v: json.loads(json.dumps(v))  # noqa: E731  (tuples vs lists)
     for part, cls in (("model", get_family(family).Config), ("train", TrainConfig)):
-        saved, dflt = run_cfg.get(part) or {}, defaults(cls)
+        saved, dflt = run_cfg.get(part) or {}, defaults_of(cls)
         for k, v in fresh[part].items():
-            if k not in ("steps", "epochs", "minutes") and norm(saved.get(k, dflt.get(k))) != norm(v):
+            if k not in ("steps", "epochs", "minutes") and not same_value(saved.get(k, dflt.get(k)), v):
                 return False
     return True
 

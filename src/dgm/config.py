@@ -3,6 +3,7 @@ rejects what does not fit: an unknown key, a value of the wrong type. Nothing he
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from typing import Any
 
@@ -26,6 +27,22 @@ def config_from_dict(cls: type, d: dict[str, Any]):
                 v = tuple(v)
             kwargs[f.name] = v
     return cls(**kwargs)
+
+
+def defaults_of(cls: type) -> dict[str, Any]:
+    """Each field's default (what a config.json written before the field existed loads as)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Equal as config.json holds them (a tuple and the list JSON turns it into are the same value)."""
+    return json.loads(json.dumps(a)) == json.loads(json.dumps(b))
 
 
 def _finite(text: str) -> float:

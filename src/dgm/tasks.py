@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dgm.config import UsageError, config_from_dict, split_overrides
+from dgm.config import UsageError, config_from_dict, defaults_of, same_value, split_overrides
 from dgm.data import ImageData, load_dataset
 from dgm.data.folder import READ_ERRORS, TooLarge, image_files, open_image
 from dgm.data.framing import check_framing, frame, image_tensor
@@ -86,15 +86,14 @@ def _resume_options(cfg: dict[str, Any], out: Path, overrides: dict[str, Any], l
     cls = get_family(cfg["family"])
     kw = split_overrides({"model": cls.Config, "train": TrainConfig}, overrides, reserved=_FROM_DATA,
                          owner=cls.family)
-    same = lambda a, b: json.loads(json.dumps(a)) == json.loads(json.dumps(b))  # noqa: E731  (tuples vs lists)
-    moved = sorted(k for k, v in kw["model"].items() if not same(v, cfg["model"].get(k)))
+    moved = sorted(k for k, v in kw["model"].items() if not same_value(v, cfg["model"].get(k)))
     if moved:
         k = moved[0]
         raise UsageError(f"--set {k}: a model option cannot change on resume (the checkpoint holds that model); "
                          f"train a fresh run into another --out, or with --overwrite")
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    defaults = defaults_of(TrainConfig)
     fixed = sorted(k for k, v in kw["train"].items()
-                   if k not in RESUMABLE and not same(v, cfg["train"].get(k, defaults.get(k))))
+                   if k not in RESUMABLE and not same_value(v, cfg["train"].get(k, defaults.get(k))))
     if fixed:
         raise UsageError(f"--set {fixed[0]}: cannot change on resume (the checkpoint's batches, optimiser and RNG "
                          f"depend on it); these may: {', '.join(sorted(RESUMABLE))}")
