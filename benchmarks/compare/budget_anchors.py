@@ -26,6 +26,7 @@ diffusers-ddpm  UNet2DModel (block_out_channels (32, 64, 64), one attention leve
 
 A killed diffusers-ddpm training continues from its last checkpoint (RUN/anchor_ckpt.pt, every 5 CPU-minutes) when the
 same command runs again; a killed pythae-vae training (its TrainingPipeline keeps no resumable state) starts again.
+`budget_anchors.py samples --run RUN` writes RUN/samples.png, a seeded grid of 64 samples to look at.
 """
 from __future__ import annotations
 
@@ -303,15 +304,31 @@ def cmd_train(a) -> None:
 def cmd_eval(a) -> None:
     from dgm.evaluate import evaluate
     run = Path(a.run)
+    res = evaluate(run, [a.metric], n=a.n, data_dir=a.data_dir, options=json.loads(a.options), model=load_anchor(run))
+    print(json.dumps({k: v for k, v in res.items()}, default=str)[:2000])
+
+
+def load_anchor(run: Path):
+    """The trained anchor in `run` behind dgm's model interface (sample, and nll for the VAE)."""
     cfg = json.loads((run / "config.json").read_text())
     if cfg["family"] == "pythae-vae":
         model = pythae_model(cfg["data"]["image_size"])
         model.load_state_dict(torch.load(run / "anchor_state.pt", map_location="cpu", weights_only=True))
-        wrapper = PythaeWrapper(model, cfg["data"]["image_size"])
-    else:
-        wrapper = DiffusersWrapper(run)
-    res = evaluate(run, [a.metric], n=a.n, data_dir=a.data_dir, options=json.loads(a.options), model=wrapper)
-    print(json.dumps({k: v for k, v in res.items()}, default=str)[:2000])
+        return PythaeWrapper(model, cfg["data"]["image_size"])
+    return DiffusersWrapper(run)
+
+
+def cmd_samples(a) -> None:
+    """RUN/samples.png: a seeded grid of the anchor's samples, titled with its budget and steps, to look at."""
+    from dgm.grids import labelled_grid
+    run = Path(a.run)
+    cfg = json.loads((run / "config.json").read_text())
+    with torch.inference_mode():
+        x = load_anchor(run).sample(a.n, generator=torch.Generator().manual_seed(a.seed)).clamp(0, 1)
+    title = (f"{cfg['family']}: {cfg['train']['minutes']:g} CPU-min, {cfg['progress']['checkpoint_step']:,} steps "
+             f"(seed {a.seed})")
+    labelled_grid(x, nrow=8, title=title).save(run / "samples.png")
+    print(run / "samples.png")
 
 
 def main(argv=None):
@@ -333,8 +350,12 @@ def main(argv=None):
     e.add_argument("--n", type=int, required=True)
     e.add_argument("--options", default="{}")
     e.add_argument("--data-dir")
+    g = sub.add_parser("samples", help="write RUN/samples.png (a seeded grid of samples)")
+    g.add_argument("--run", required=True)
+    g.add_argument("--n", type=int, default=64)
+    g.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    cmd_train(a) if a.cmd == "train" else cmd_eval(a)
+    {"train": cmd_train, "eval": cmd_eval, "samples": cmd_samples}[a.cmd](a)
 
 
 if __name__ == "__main__":
