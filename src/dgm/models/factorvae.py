@@ -48,9 +48,9 @@ class FactorVAE(BetaVAE):
 
     def __init__(self, config: FactorVAEConfig):
         c = config
-        if c.objective != "elbo" or c.capacity_max > 0 or c.prior != "normal":
-            raise ValueError("factor-vae has its own objective: leave objective (elbo), capacity_max (0) and prior "
-                             "(normal) as they are")
+        if c.objective != "elbo" or c.capacity_max > 0 or c.prior != "normal" or c.z1_dim:
+            raise ValueError("factor-vae has its own objective: leave objective (elbo), capacity_max (0), prior "
+                             "(normal) and z1_dim (0) as they are")
         if c.disc_layers < 1 or c.disc_hidden < 1 or c.gamma < 0:
             raise ValueError(f"need disc_layers >= 1, disc_hidden >= 1 and gamma >= 0, got {c.disc_layers}, "
                              f"{c.disc_hidden}, {c.gamma}")

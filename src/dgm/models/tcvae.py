@@ -68,9 +68,9 @@ class BetaTCVAE(BetaVAE):
     Config = BetaTCVAEConfig
 
     def __init__(self, config: BetaTCVAEConfig):
-        if config.objective != "elbo" or config.capacity_max > 0 or config.prior != "normal":
-            raise ValueError("beta-tcvae has its own objective: leave objective (elbo), capacity_max (0) and prior "
-                             "(normal) as they are")
+        if config.objective != "elbo" or config.capacity_max > 0 or config.prior != "normal" or config.z1_dim:
+            raise ValueError("beta-tcvae has its own objective: leave objective (elbo), capacity_max (0), prior "
+                             "(normal) and z1_dim (0) as they are")
         if config.beta < 0:
             raise ValueError(f"beta must be >= 0, got {config.beta}")
         super().__init__(config)
