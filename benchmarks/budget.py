@@ -215,6 +215,7 @@ class Harness:
         self.ref_lock = threading.Lock()  # the FID reference statistics are computed once, before any FID
         self.ref_ready = False
         self.budgets: list[float] = []
+        self.mine: set[str] = set()     # the cells this process measures; save() keeps the others' from disk
         path = self.out / "budget.json"
         self.state = read_json(path) if a.resume else {}
         if not a.resume and path.is_file() and read_json(path).get("cells"):
@@ -245,10 +246,23 @@ class Harness:
                             "".join(f"; row {n}: {f} with {', '.join(o)}" for n, (f, o) in a.variant_map.items())}
 
     def save(self) -> None:
+        """Write budget.json / .md. Two harnesses may share one --out (each on its own core, other rows): under a
+        file lock, the cells this one measures are its own, every other cell is taken as the file has it now."""
+        import fcntl
         with self.lock:
             self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.out / "budget.json", portable(json.dumps(self.state, indent=1, sort_keys=False)) + "\n")
-            atomic_write(self.out / "budget.md", portable(render_md(self.state)))
+            with open(self.out / ".budget.lock", "a+") as lock:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+                disk = read_json(self.out / "budget.json")
+                for cid, cell in disk.get("cells", {}).items():
+                    if cid not in self.mine:
+                        self.state["cells"][cid] = cell
+                seen = {json.dumps(c, sort_keys=True) for c in self.state["commands"]}
+                self.state["commands"] = sorted(self.state["commands"] + [c for c in disk.get("commands", [])
+                                                if json.dumps(c, sort_keys=True) not in seen], key=lambda c: c["at"])
+                atomic_write(self.out / "budget.json",
+                             portable(json.dumps(self.state, indent=1, sort_keys=False)) + "\n")
+                atomic_write(self.out / "budget.md", portable(render_md(self.state)))
 
     def env(self) -> dict:
         e = dict(os.environ)
@@ -291,6 +305,7 @@ class Harness:
         a = self.a
         run = (self.runs / run_name(family, minutes)).resolve()
         with self.lock:
+            self.mine.add(cid)
             c = self.state["cells"].setdefault(cid, {"family": family, "minutes": minutes, "metrics": {}})
             c["run"] = str(run)
             c.pop("error", None)

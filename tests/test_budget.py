@@ -262,3 +262,21 @@ def test_the_samples_sheet_places_each_finished_cell_and_marks_the_rest(tmp_path
     assert at(0, 1) == 255   # the 15-minute run is still training: its old picture is left out
     assert at(1, 1) == 255   # no cell at all
     assert budget.samples_sheet({"cells": {}}, tmp_path / "none.png") is None
+
+
+def test_two_harnesses_sharing_an_out_keep_each_others_cells(tmp_path):
+    """Two invocations (other rows, one core each) write one budget.json: each save keeps the cells the other wrote."""
+    b = load_budget()
+    argv = ["--data", "digits", "--out", str(tmp_path / "out"), "--runs-dir", str(tmp_path / "runs"), "--resume"]
+    argv2 = argv + ["--jobs", "1"]
+    one, two = b.Harness(b.parse(argv), argv), b.Harness(b.parse(argv2), argv2)
+    for h, cid in ((one, "vae@1"), (two, "ae@1")):
+        h.mine.add(cid)
+        h.state["cells"][cid] = {"family": cid.split("@")[0], "minutes": 1.0, "metrics": {}, "done": True}
+    one.save()
+    two.save()
+    one.state["cells"]["vae@1"]["steps"] = 7     # one's own cell changes; two's stays as two wrote it
+    one.save()
+    cells = json.loads((tmp_path / "out" / "budget.json").read_text())["cells"]
+    assert set(cells) == {"vae@1", "ae@1"} and cells["vae@1"]["steps"] == 7
+    assert len(json.loads((tmp_path / "out" / "budget.json").read_text())["commands"]) == 2
