@@ -190,7 +190,8 @@ class VAE(GenerativeModel):
 
     def terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-example ELBO terms: recon = -log p(x|z) at one reparameterised z, kl (B,) (closed form for N(0, I),
-        log q(z|x) - log p(z) at the same z for the VampPrior), and mu (B, D)."""
+        log q(z|x) - log p(z) at the same z for the VampPrior; with two layers plus KL(q(z1|x, z) || p(z1|z)) at
+        the drawn z), and mu (B, D)."""
         mu, logvar, feats = self._encoded(x)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()  # reparameterisation trick
         if self.config.prior == "normal":
@@ -207,7 +208,8 @@ class VAE(GenerativeModel):
 
     def importance_terms(self, x: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
         """k reparameterised draws z_i ~ q(z|x) per example: log_w = log p(x|z_i) + log p(z_i) - log q(z_i|x) and
-        log_px = log p(x|z_i), each (k, B), float32 also under autocast; and mu, logvar (B, D)."""
+        log_px = log p(x|z_i), each (k, B), float32 also under autocast; and mu, logvar (B, D). With two layers each
+        draw also takes z1_i ~ q(z1|x, z_i), and log p(z1_i|z_i) - log q(z1_i|x, z_i) joins log_w."""
         mu, logvar, feats = (t.float() for t in self._encoded(x))
         z = mu + (0.5 * logvar).exp() * torch.randn((k,) + mu.shape, device=mu.device)   # (k, B, D)
         log_pz, log_qz, z1 = self.log_prior(z), gaussian_log_prob(z, mu, logvar), None
