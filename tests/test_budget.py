@@ -133,12 +133,16 @@ def test_table_and_plot_with_fid_and_anchors(tmp_path):
             cells[b.cell_id(fam, m)] = {"family": fam, "minutes": m, "done": True,
                                         "metrics": {"fid": {**fid, "value": v}},
                                         "train": {"steps": 100, "cpu_seconds": m * 60, "wall_seconds": m * 90}}
-    cells["vae@5"]["metrics"]["nll"] = {"value": 95.5, "stderr": 0.2, "k": 1000, "n": 10000}
+    cells["vae@5"]["metrics"]["nll"] = {"value": 95.5, "stderr": 0.2, "k": 1000, "n": 10000, "precision": "bf16"}
+    cells["vae@15"]["metrics"]["nll"] = {"value": 90.5, "stderr": 0.2, "k": 1000, "n": 10000}   # before the field
+    cells["vae@5"]["machine"] = "Some Xeon (AMX), 2 CPUs"
     st = {"protocol": {"data": "mnist", "fid": "Inception FID, N = 2500"}, "cells": cells, "commands": []}
     md = b.render_md(st)
-    assert "FID **40.00** (N=2500, bf16)" in md and "NLL **95.50** ± 0.20 nats (k=1000, 10000 test)" in md
+    assert "FID **40.00** (N=2500, bf16)" in md and "NLL **95.50** ± 0.20 nats (k=1000, 10000 test, bf16)" in md
+    assert "NLL **90.50** ± 0.20 nats (k=1000, 10000 test, fp32)" in md
+    assert "100 steps, 5.0 CPU-min (7.5 wall), Some Xeon (AMX), 2 CPUs" in md   # the cell's machine
     assert "| diffusers-ddpm |" in md and "5 CPU-min | 15 CPU-min" in md
-    assert "| vae | FID 90.00, NLL 95.50 | FID 70.00 |" in md  # the short table
+    assert "| vae | FID 90.00, NLL 95.50 | FID 70.00, NLL 90.50 |" in md  # the short table
     assert "| diffusers-ddpm (anchor) | FID 120.00 | FID 60.00 |" in md
     b.plot(st, tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
