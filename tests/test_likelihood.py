@@ -131,6 +131,24 @@ def test_evaluate_records_the_default_protocol(tmp_path):
         evaluate(run, ["nll"], protocol="quick")
 
 
+def test_the_fast_copy_is_the_same_function():
+    """The IWAE's CPU copy (channels_last weights, the few-channel output layer as a GEMM) decodes and scores as the
+    model does, and leaves the model itself untouched."""
+    from dgm.nn.conv import GemmConvTranspose2d
+    torch.manual_seed(0)
+    m = VAE(VAEConfig(channels=1, image_size=16, conv_channels=(8, 16), conv_hidden=32, latent_dim=3)).eval()
+    fast = L.channels_last(m)
+    assert type(fast.decoder.deconvs[-1]) is GemmConvTranspose2d
+    assert type(m.decoder.deconvs[-1]) is torch.nn.ConvTranspose2d
+    assert type(fast.decoder.deconvs[0]) is torch.nn.ConvTranspose2d          # 16 -> 8 channels: the plain layer
+    z, x = torch.randn(7, 3), images(5, size=16)
+    with torch.inference_mode():
+        assert torch.allclose(fast.decoder(z), m.decoder(z), atol=1e-5)
+    a = L.iwae_nll(m, x, 300, progress=False, seed=2, precision="fp32")
+    b = L.iwae_nll(fast, x, 300, progress=False, seed=2, precision="fp32")
+    assert (a - b).abs().max() < 1e-3
+
+
 def test_the_decoder_precision_follows_the_hardware_and_is_recorded(tmp_path, monkeypatch):
     """nll_precision "auto" is bf16 only where the device runs bf16 in hardware; bf16 gives the fp32 estimate (the
     same noise) within a few hundredths of a nat, and eval.json says which precision it used."""

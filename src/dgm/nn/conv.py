@@ -17,7 +17,6 @@ def down_sizes(size: int, n: int) -> list[int]:
 
 
 GEMM_MAX_SIZE = 8  # gemm=True: layers whose output is at most 8x8 run as one matrix product
-GEMM_MAX_OUT_CHANNELS = 4  # a decoder's output layer with at most 4 channels always does (ConvDecoder)
 
 
 def conv_out(size: int, kernel: int) -> int:
@@ -136,11 +135,7 @@ class ConvDecoder(nn.Module):
         outs = rev[1:] + [out_ch]
         for i, (cin, cout) in enumerate(zip(rev, outs)):
             s_in, s_out = sizes[-1 - i], sizes[-2 - i]
-            # The output layer (a few channels) is always the GEMM twin: oneDNN's transposed conv is slow with so few
-            # output channels (32 -> 1 at 14 -> 28 px: 28 vs 11 us per image, 1,000 images, one CPU thread), and the
-            # IWAE estimate spends its time here; a training step costs the same either way (45 ms, batch 128).
-            small = (gemm and s_out <= GEMM_MAX_SIZE) or (i == len(rev) - 1 and cout <= GEMM_MAX_OUT_CHANNELS)
-            deconv = GemmConvTranspose2d if small else nn.ConvTranspose2d
+            deconv = GemmConvTranspose2d if gemm and s_out <= GEMM_MAX_SIZE else nn.ConvTranspose2d
             if kernel == 3:  # (s_in - 1) * 2 - 2 + 3 + op = 2 s_in - 1 + op
                 layers.append(deconv(cin, cout, 3, stride=2, padding=1, output_padding=s_out - 2 * s_in + 1))
             else:
