@@ -39,6 +39,17 @@ def test_a_short_loop_stays_quiet_unless_asked(clock):
     assert P.minutes_text(7200) == "2.0 h"
 
 
+def test_fast_units_are_timed_over_a_few_seconds_not_on_the_first(clock):
+    """The first of many fast units also pays the warm-up: the estimate waits for ESTIMATE_AFTER_S of them."""
+    clock["step"] = 0.1
+    lines = []
+    bar = P.Progress(1000, "IWAE", unit="call", log=lines.append, enabled=False, say_after=0)
+    for _ in range(50):
+        bar.update()
+    bar.close()
+    assert lines == ["IWAE: estimated 1.7 min for 1000 call (timed on the first 20 calls)"]   # 2 s / 20 x 1000
+
+
 def test_diffusion_sampling_counts_every_step_and_names_the_cheaper_sampler(monkeypatch):
     from dgm.models.diffusion import Diffusion, DiffusionConfig
     seen = []
