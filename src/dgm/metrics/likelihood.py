@@ -3,10 +3,12 @@
 Protocol presets (``evaluate(protocol=...)``; ``eval.json`` records the one used as ``"preset"``):
 
   default   IWAE with k = 1000 importance samples on a seeded random 1,000-image subset of the test split;
-            bits/dim on 1,000 test images with 50 stratified timesteps each. 10^6 decoder rows: about 4.5 minutes
-            of one CPU thread for the default conv VAE on MNIST (3,500-4,000 rows per CPU-second).
+            bits/dim on 1,000 test images with 50 stratified timesteps each. 10^6 decoder rows: 40 s of one thread
+            of a Xeon with AMX for the conv VAE on MNIST (bf16; fp32 takes 1.7x that).
   paper     IWAE with k = 5000 on the whole test split (Burda et al. 2015, sec. 5); bits/dim on the whole test split
-            with every timestep (Ho et al. 2020). 5 x 10^7 rows: about 4 hours of one CPU thread for that VAE.
+            with every timestep (Ho et al. 2020). 5 x 10^7 rows: 33 CPU-minutes there (25,000 rows per CPU-second;
+            BENCHMARKS.md, "VAE, MNIST"). An AVX2 CPU without bf16 units runs fp32: 4 hours on one before the kept
+            allocator and the output layer's GEMM, which made fp32 1.6x faster on the Xeon (not re-measured there).
 
 Why the default is k = 1000 on 1,000 images (measured on a small MNIST VAE, one thread): for the same 10^6 rows,
 k = 1000 is 0.63 +- 0.17 nats above k = 5000 (40 images) and 1,000 of 10,000 images add a sampling error of
