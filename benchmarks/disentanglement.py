@@ -35,7 +35,7 @@ RESULTS = HERE / "results"
 # Same network for both: an MLP 4096-256-256-(2x10) encoder and its mirror (Higgins et al. 2017 used an MLP for
 # dSprites too, 1200-1200). A smaller net lets a 2-core CPU take ~10k steps per model inside the hour.
 COMMON = {"arch": "mlp", "mlp_hidden": "256,256", "latent_dim": "10", "binarize": "false", "likelihood": "bernoulli",
-          "batch_size": "64", "lr": "1e-3"}
+          "batch_size": "64", "lr": "1e-3", "prior": "normal", "z1_dim": "0"}   # the factorised N(0, I) prior
 MODELS = {"vae": ("vae", {"beta": "1"}), "beta-vae": ("beta-vae", {"beta": "4"}),
           # Burgess et al. 2018: gamma |KL - C|, C annealed 0 -> 25 nats (their dSprites settings), over --steps
           "beta-vae-c": ("beta-vae", {"capacity_max": "25", "gamma": "1000"}),

@@ -198,3 +198,19 @@ def test_two_layer_vae_weights_add_both_layers_and_its_kl_is_the_monte_carlo_one
     assert torch.equal(m.sample(4, generator=g()), back.sample(4, generator=g()))
     with pytest.raises(ValueError, match="z1_dim"):
         VAE(VAEConfig(z1_dim=-1))
+
+
+def test_a_fresh_vae_run_takes_the_recipe_and_the_disentanglement_families_do_not():
+    """`dgm train vae` trains the measured recipe (VampPrior 100, two layers, lr decayed over the second half);
+    each part can be set back; the beta-VAE family and its kin keep the factorised N(0, I); VAEConfig() is the
+    textbook VAE."""
+    from dgm.tasks import fresh_config
+    c = fresh_config("vae", "digits")
+    assert (c["model"]["prior"], c["model"]["vamp_components"], c["model"]["z1_dim"], c["train"]["lr_decay_start"]) \
+        == ("vamp", 100, 32, 0.5)
+    t = fresh_config("vae", "digits", overrides={"prior": "normal", "z1_dim": "0", "lr_decay_start": "1"})
+    assert (t["model"]["prior"], t["model"]["z1_dim"], t["train"]["lr_decay_start"]) == ("normal", 0, 1.0)
+    for family in ("beta-vae", "beta-tcvae", "factor-vae"):
+        m = fresh_config(family, "digits")["model"]
+        assert (m["prior"], m["z1_dim"]) == ("normal", 0), family
+    assert (VAEConfig().prior, VAEConfig().z1_dim) == ("normal", 0)

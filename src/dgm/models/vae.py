@@ -16,7 +16,7 @@ and draws from it.
 `z1_dim > 0` adds a second, lower stochastic layer z1 under the code z (the hierarchical VAE of Tomczak & Welling
 2018, sec. 3.3, whose two layers bought 2.5 nats over one on MNIST): q(z|x) q(z1|x, z) infers, p(z) p(z1|z) p(x|z1, z)
 generates, the two conditionals small MLPs. z stays "the latent" (encode, decode, the sliders, traversals, the 2-D
-figure); decode(z) uses the mean of p(z1|z), sampling draws z1, and the importance weights add both layers' terms.
+figure); decode(z) and the samples use the mean of p(z1|z), and the importance weights add both layers' terms.
 """
 from __future__ import annotations
 
@@ -63,7 +63,17 @@ class VAEConfig(ImageConfig):
 
 @register("vae")
 class VAE(GenerativeModel):
+    """`dgm train vae`: a fresh model takes RECIPE for the options it leaves unset, and the lr decays to 0 over the
+    second half of the run: the recipe that bought most nats per CPU-minute on MNIST (VampPrior with 100
+    pseudo-inputs, a second stochastic layer; BENCHMARKS.md, "VAE, MNIST"). VAEConfig() itself is the textbook VAE
+    (N(0, I), one layer): `--set prior=normal --set z1_dim=0 --set lr_decay_start=1` trains that."""
     Config = VAEConfig
+    RECIPE = {"prior": "vamp", "vamp_components": 100, "z1_dim": 32}
+    train_defaults = {"lr_decay_start": 0.5}
+
+    @classmethod
+    def for_data(cls, data, options=None):
+        return super().for_data(data, {**cls.RECIPE, **(options or {})})
 
     def __init__(self, config: VAEConfig):
         super().__init__(config)
@@ -252,11 +262,9 @@ class VAE(GenerativeModel):
 
     @torch.inference_mode()
     def sample(self, n, *, cond=None, generator=None):
-        z = self.sample_latent(n, generator)
-        if not self.config.z1_dim:
-            return self.decode(z)
-        mu, logvar = self._gaussian(self.p1, z)     # z1 ~ p(z1|z)
-        return torch.sigmoid(self._logits(mu + (0.5 * logvar).exp() * randn(mu.shape, generator, self.device), z))
+        """decode(z) for z from the prior: the mean image of p(x|z), with two layers at the mean of p(z1|z) too, so
+        that a sample's code decodes to the same picture (the studio's explorer starts there)."""
+        return self.decode(self.sample_latent(n, generator))
 
     def preview(self, batch, generator):
         x = to_float(batch[0][:32])
@@ -297,6 +305,7 @@ class BetaVAE(VAE):
     """`dgm train beta-vae --data dsprites`: the VAE with beta > 1 (or, with capacity_max > 0, Burgess et al.'s
     gamma * |KL - C| objective, C annealed linearly over capacity_steps)."""
     Config = BetaVAEConfig
+    RECIPE: dict = {}   # the disentanglement objectives penalise the KL to a factorised N(0, I) with one layer
     # The lr decays linearly to 0 over the last third: at a constant lr the capacity objective's held target
     # C is not a stable place late in training (a 200k-step run at 1e-3 diverged after 140k steps; at 3e-3 the
     # KL exploded at step 9,650 where the decayed run went on improving: BENCHMARKS.md, "beta-VAE").
