@@ -79,17 +79,16 @@ def now() -> str:
 
 def machine() -> str:
     """The CPU a cell was trained on (what a CPU-minute buys differs between machines): its model name, whether it
-    runs bf16 in hardware, and its CPU count."""
+    runs bf16 in hardware (dgm's own test, which picks the IWAE's precision), and its CPU count."""
     import platform
-    name = platform.processor() or platform.machine()
-    try:
-        name = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                    if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+
     import torch
-    amx = torch.cpu._is_amx_tile_supported() if hasattr(torch.cpu, "_is_amx_tile_supported") else False
-    return f"{name}{' (AMX)' if amx else ''}, {os.cpu_count()} CPUs"
+
+    from dgm.metrics.likelihood import native_bf16
+    name = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                 if ln.startswith("model name")), None) if Path("/proc/cpuinfo").is_file() else None
+    bf16 = " (bf16 in hardware)" if native_bf16(torch.device("cpu")) else ""
+    return f"{name or platform.processor() or platform.machine()}{bf16}, {os.cpu_count()} CPUs"
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -637,13 +636,13 @@ def render_md(state: dict) -> str:
 # -- the plot ----------------------------------------------------------------------------------------------------
 def samples_sheet(state: dict, path: Path, width: int = 240) -> Path | None:
     """DIR/samples.png: every cell's RUN/samples.png side by side, one row per family, one column per budget, so the
-    table's numbers can be checked by eye. None when no cell has samples yet."""
+    table's numbers can be checked by eye; an empty frame says why a cell has none. None when no cell has samples."""
     from PIL import Image, ImageDraw
     from dgm.grids import font
     cells = list(state.get("cells", {}).values())
     fams = list(dict.fromkeys(c["family"] for c in cells))
     budgets = sorted({c["minutes"] for c in cells})
-    pics = {}
+    pics, by_key = {}, {(c["family"], c["minutes"]): c for c in cells}
     for c in cells:
         f = Path(c.get("run") or "") / "samples.png"
         # a run still training (a continued one holds the shorter run's pictures) has none yet
@@ -667,9 +666,10 @@ def samples_sheet(state: dict, path: Path, width: int = 240) -> Path | None:
             x = left + j * (width + pad)
             if (fam, b) in pics:
                 sheet.paste(pics[(fam, b)], (x, y))
-            else:
+            elif (fam, b) in by_key:  # a finished cell whose run folder is not here (trained on another machine)
+                why = "run not on this machine" if by_key[(fam, b)].get("done") else "not yet"
                 draw.rectangle((x, y, x + width - 1, y + cell_h - 1), outline="grey")
-                draw.text((x + width // 2, y + cell_h // 2), "not yet", fill="grey", font=txt, anchor="mm")
+                draw.text((x + width // 2, y + cell_h // 2), why, fill="grey", font=txt, anchor="mm")
     tmp = path.with_name(path.stem + ".tmp.png")
     sheet.convert("L").save(tmp, optimize=True)  # the samples are grey: a third of the bytes
     os.replace(tmp, path)
