@@ -258,15 +258,19 @@ def test_the_samples_sheet_places_each_finished_cell_and_marks_the_rest(tmp_path
         Image.new("L", (100, 100), colour).save(run / "samples.png")
         (run / "config.json").write_text(json.dumps({"status": status}))
         cells[f"{fam}@{minutes:g}"] = {"family": fam, "minutes": minutes, "run": str(run)}
+    # a finished cell whose run folder is gone (trained on another machine): a frame that says so
+    cells["gan@5"] = {"family": "gan", "minutes": 5.0, "run": str(tmp_path / "elsewhere"), "done": True}
     out = budget.samples_sheet({"cells": cells}, tmp_path / "samples.png", width=120)
     im = Image.open(out).convert("L")
     left, top, pad, w = 150, 28, 6, 120  # the sheet's layout: label band, header band, gaps, cell width
     at = lambda row, col: im.getpixel((left + col * (w + pad) + w // 2, top + row * (w + pad) + 10))  # noqa: E731
-    assert im.size == (left + 2 * (w + pad), top + 2 * (w + pad))
+    edge = lambda row, col: im.getpixel((left + col * (w + pad), top + row * (w + pad) + w // 2))  # noqa: E731
+    assert im.size == (left + 2 * (w + pad), top + 3 * (w + pad))
     assert at(0, 0) == 40    # vae after 5 minutes
     assert at(1, 0) == 160   # the anchor's row below it
     assert at(0, 1) == 255   # the 15-minute run is still training: its old picture is left out
-    assert at(1, 1) == 255   # no cell at all
+    assert at(1, 1) == 255 and edge(1, 1) == 255   # no cell at all: no frame
+    assert edge(0, 1) < 255 and edge(2, 0) < 255 and at(2, 0) == 255   # framed: training, and a run elsewhere
     assert budget.samples_sheet({"cells": {}}, tmp_path / "none.png") is None
 
 
