@@ -84,7 +84,7 @@ def machine() -> str:
 
     import torch
 
-    from dgm.metrics.likelihood import native_bf16
+    from dgm.hardware import native_bf16
     name = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                  if ln.startswith("model name")), None) if Path("/proc/cpuinfo").is_file() else None
     bf16 = " (bf16 in hardware)" if native_bf16(torch.device("cpu")) else ""

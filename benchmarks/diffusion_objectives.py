@@ -76,7 +76,7 @@ def cmd_eval(a):
              "epochs": round(cfg["progress"]["steps"] * cfg["train"]["batch_size"] / 60_000, 2),
              "sample_ms_per_image": round(1000 * t_sample / n, 1), "fid_cpu_seconds": round(t_feat),
              "protocol": f"Inception FID ({a.precision} Inception), N = {n} samples in chunks of {a.chunk}, chunk i "
-                         f"from seed i ({a.precision} sampling), reference: MNIST train seeded subset of {ref['n']}; "
+                         f"from seed i ({a.precision} sampling), reference: {a.data} train seeded subset of {ref['n']}; "
                          f"1 thread"}
         res["rows"].append(r)
         print(json.dumps(r), flush=True)

@@ -153,14 +153,15 @@ def test_the_decoder_precision_follows_the_hardware_and_is_recorded(tmp_path, mo
     """nll_precision "auto" is bf16 only where the device runs bf16 in hardware; bf16 gives the fp32 estimate (the
     same noise) within a few hundredths of a nat, and eval.json says which precision it used."""
     import dgm
+    from dgm import hardware
     from dgm.evaluate import evaluate
     cpu = torch.device("cpu")
     for native, want in ((True, "bf16"), (False, "fp32")):
-        monkeypatch.setattr(L, "native_bf16", lambda device, native=native: native)
-        assert L.resolve_precision("auto", cpu) == want
-        assert L.resolve_precision("fp32", cpu) == "fp32" and L.resolve_precision("bf16", cpu) == "bf16"
-    with pytest.raises(ValueError, match="auto, fp32 or bf16"):
-        L.resolve_precision("fp16", cpu)
+        monkeypatch.setattr(hardware, "native_bf16", lambda device, native=native: native)
+        assert hardware.resolve_precision("auto", cpu) == want
+        assert hardware.resolve_precision("fp32", cpu) == "fp32" and hardware.resolve_precision("bf16", cpu) == "bf16"
+    with pytest.raises(ValueError, match="precision must be auto, fp32 or bf16"):
+        hardware.resolve_precision("fp16", cpu)
     m, x = tiny_vae(size=16, latent=2), images(20, size=16)
     est = {p: L.iwae_nll(m, x, 200, progress=False, seed=3, precision=p) for p in ("fp32", "bf16")}
     assert not torch.equal(est["fp32"], est["bf16"])                       # bf16 really ran
@@ -168,7 +169,7 @@ def test_the_decoder_precision_follows_the_hardware_and_is_recorded(tmp_path, mo
     run = dgm.save(m, tmp_path / "r", extra={"data": {"name": "digits", "image_size": 16}})
     rec = evaluate(run, ["nll"], options={"progress": False, "k": 5, "nll_n": 20})["test_nll"]
     assert rec["precision"] == "fp32"                                      # native_bf16 is patched to False here
-    monkeypatch.setattr(L, "native_bf16", lambda device: True)
+    monkeypatch.setattr(hardware, "native_bf16", lambda device: True)
     rec = evaluate(run, ["nll"], options={"progress": False, "k": 5, "nll_n": 20})["test_nll"]
     assert rec["precision"] == "bf16" and json.loads((run / "eval.json").read_text())["test_nll"] == rec
 

@@ -197,3 +197,19 @@ def test_a_cpu_trainer_tunes_the_allocator(tmp_path):
             f"train('vae', 'digits', steps=2, out={str(tmp_path / 'r')!r}, progress=False, figures=False); "
             "print(t._ALLOCATOR_TUNED)")
     assert _python(code, DGM_MALLOC_TUNE="1")[-1] in ("True", "False")  # None: the Trainer never asked
+
+
+def test_precision_auto_is_settled_by_the_hardware_and_recorded(tmp_path, digits8, monkeypatch):
+    """precision "auto" trains bf16 where the device multiplies bf16 in hardware and fp32 elsewhere; config.json
+    records what ran (so a resume, or a reader, sees the settled precision), and the run resumes exactly."""
+    from dgm import hardware
+    for native, want in ((False, "fp32"), (True, "bf16")):
+        monkeypatch.setattr(hardware, "native_bf16", lambda device, native=native: native)
+        t = run(tmp_path / want, digits8, 4, precision="auto")
+        assert t.cfg.precision == want
+        assert json.loads((tmp_path / want / "config.json").read_text())["train"]["precision"] == want
+    ran_bf16 = run(tmp_path / "bf16-set", digits8, 4, precision="bf16")
+    for a, b in zip(t.model.state_dict().values(), ran_bf16.model.state_dict().values()):
+        assert torch.equal(a, b)                       # "auto" on bf16 hardware is the bf16 run, bit for bit
+    with pytest.raises(ValueError, match="precision must be fp32, bf16, fp16 or auto"):
+        TrainConfig(precision="int8")

@@ -50,6 +50,7 @@ from dgm.data import Batches
 from dgm.grids import save_grid
 from dgm.io import (CONFIG, FINISHED, LOCK, UNFINISHED, WEIGHTS, RunError, RunLock, atomic_write, check_device_name,
                     model_config_dict, resolve_device, save, write_config)
+from dgm.hardware import resolve_precision
 from dgm.memory import tune_allocator
 from dgm.progress import bar_interval
 
@@ -78,7 +79,8 @@ class TrainConfig:
     ema_decay: float = 0.0         # > 0: keep an EMA of the weights; it is what model.safetensors holds
     grad_clip: float = 0.0         # > 0: clip the global grad norm per phase
     seed: int = 0
-    precision: str = "fp32"        # "fp32", "bf16" (autocast, CPU or GPU) or "fp16" (autocast + GradScaler, GPU)
+    precision: str = "fp32"        # "fp32", "bf16" (autocast, CPU or GPU), "fp16" (autocast + GradScaler, GPU) or
+                                   # "auto": bf16 where the device runs it in hardware (dgm.hardware), else fp32
     device: str = "auto"           # "auto", "cpu", "cuda", "cuda:1", ...
     log_every: int = 50
     sample_every: int = 0          # 0 -> about 8 grids over the run
@@ -119,8 +121,8 @@ class TrainConfig:
         self.betas = (float(b[0]), float(b[1]))
         if self.optimizer not in ("adam", "adamw"):
             bad("optimizer", "'adam' or 'adamw'")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            bad("precision", "fp32, bf16 or fp16")
+        if self.precision not in ("fp32", "bf16", "fp16", "auto"):
+            bad("precision", "fp32, bf16, fp16 or auto")
         if not isinstance(self.device, str):
             bad("device", "a string: auto, cpu, cuda or cuda:N")
         try:
@@ -228,6 +230,8 @@ class Trainer:
         self.rank, self.world = dist_info()
         if self.device.type == "cuda" and self.world > 1:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        if c.precision == "auto":  # settled here, once: config.json records what ran, so a resume runs the same
+            c.precision = resolve_precision("auto", self.device)
         if c.precision == "fp16" and self.device.type != "cuda":
             raise ValueError("precision fp16 needs a CUDA device; use bf16 on CPU")
         torch.manual_seed(c.seed)
