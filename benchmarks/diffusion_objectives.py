@@ -52,6 +52,8 @@ def cmd_eval(a):
     cfg = json.loads((run / "config.json").read_text())
     path = RESULTS / f"{a.name}.json"
     res = json.loads(path.read_text()) if path.is_file() else {"rows": []}
+    if a.check_fp32 and a.check_fp32 <= 2048:
+        raise SystemExit("--check-fp32 N needs N > 2048 (Inception features are 2048-d)")
     inc = fid.load_inception(precision=a.precision)
     if a.chunks_only:   # a helper process: make chunks beside the main one, record nothing
         for row in a.rows.split(","):
@@ -65,6 +67,17 @@ def cmd_eval(a):
     print(f"reference ready ({(time.process_time() - t0) / 60:.1f} CPU-min)", flush=True)
     for row in a.rows.split(","):
         spec, n = row.split(":")
+        if spec == "real":   # the floor: the real test split against the same reference
+            t0 = time.process_time()
+            test = fid.reference_stats(a.data, inc, "test", int(n), data_dir=a.data_dir, seed=0, progress=False)
+            record(a, res, path, {"run": "real test images", "sampler": "-", "network_calls": 0, "n": test["n"],
+                                  "inception_fid": round(float(fid.frechet_distance(ref["mu"], ref["sigma"],
+                                                                                     test["mu"], test["sigma"])), 3),
+                                  "fid_cpu_seconds": round(time.process_time() - t0),
+                                  "protocol": f"Inception FID ({a.precision} Inception) of {a.data}'s test split "
+                                              f"(seeded subset of {test['n']}) against the train reference "
+                                              f"(seeded subset of {ref['n']}); 1 thread"})
+            continue
         sampler, calls = spec.rsplit("-", 1)
         n, calls = int(n), int(calls)
         cache = run / "bench_cache" / f"{spec}_step{cfg['progress']['steps']}"
@@ -78,11 +91,40 @@ def cmd_eval(a):
              "protocol": f"Inception FID ({a.precision} Inception), N = {n} samples in chunks of {a.chunk}, chunk i "
                          f"from seed i ({a.precision} sampling), reference: {a.data} train seeded subset of {ref['n']}; "
                          f"1 thread"}
-        res["rows"].append(r)
-        print(json.dumps(r), flush=True)
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(res, indent=2))
-        (RESULTS / f"{a.name}.md").write_text(table(res))
+        record(a, res, path, r)
+        if a.check_fp32:
+            check_fp32(a, res, path, r, cache, calls)
+
+
+def record(a, res: dict, path: Path, r: dict) -> None:
+    res["rows"].append(r)
+    print(json.dumps(r), flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(res, indent=2))
+    (RESULTS / f"{a.name}.md").write_text(table(res))
+
+
+def check_fp32(a, res: dict, path: Path, row: dict, cache: Path, calls: int) -> None:
+    """bf16 against fp32 Inception on the same images: the row's first --check-fp32 samples against as many test
+    images, FID both ways at that N (biased upwards by the small N, the same way for both)."""
+    import numpy as np
+    from dgm.data import load_dataset
+    from dgm.metrics import fid
+    n = a.check_fp32
+    imgs = np.concatenate([np.load(p)["images"] for p in sorted(cache.glob(f"*_{calls}_{a.chunk}.npz"))])[:n]
+    real = load_dataset(a.data, "test", data_dir=a.data_dir).images[fid.reference_subset(10_000, n, 1)]
+    out = {}
+    for prec in ("fp32", "bf16"):
+        inc = fid.load_inception(precision=prec)
+        t0 = time.process_time()
+        fs, fr = (fid.features(torch.from_numpy(imgs) if isinstance(imgs, np.ndarray) else imgs, inc, 50,
+                               progress=False), fid.features(real, inc, 50, progress=False))
+        fid_n = fid.frechet_distance(*fid.feature_stats(fs), *fid.feature_stats(fr))
+        out[prec] = {"fid": round(float(fid_n), 3), "cpu_s": round(time.process_time() - t0)}
+    row["fp32_check"] = {"n": n, "against": f"{n} {a.data} test images (seeded)", **out}
+    print(json.dumps(row["fp32_check"]), flush=True)
+    path.write_text(json.dumps(res, indent=2))
+    (RESULTS / f"{a.name}.md").write_text(table(res))
 
 
 def sample_features(model, inc, cache: Path, sampler: str, calls: int, n: int, precision: str,
@@ -143,14 +185,17 @@ def make_chunk(model, inc, path: Path, i: int, sampler: str, calls: int, chunk: 
 
 
 def table(res) -> str:
+    cols = ("run", "objective", "sampler", "network_calls", "n", "inception_fid", "train_steps", "epochs",
+            "train_cpu_minutes", "sample_ms_per_image")
     lines = ["| run | objective | sampler | network calls | N | Inception FID | train steps | epochs | train CPU-min | "
-             "ms / image |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "ms / image | fp32 check (FID fp32 / bf16 Inception, N) |", "|---" * (len(cols) + 1) + "|"]
     for r in res["rows"]:
-        lines.append(f"| {r['run']} | {r['objective']} | {r['sampler']} | {r['network_calls']} | {r['n']} | "
-                     f"{r['inception_fid']:.2f} | {r['train_steps']} | {r['epochs']} | {r['train_cpu_minutes']} | "
-                     f"{r['sample_ms_per_image']} |")
+        c = r.get("fp32_check")
+        check = f"{c['fp32']['fid']:.2f} / {c['bf16']['fid']:.2f} (N={c['n']})" if c else ""
+        lines.append("| " + " | ".join(f"{r[k]:.2f}" if k == "inception_fid" else str(r.get(k, "-")) for k in cols)
+                     + f" | {check} |")
     lines.append("")
-    lines.append("Protocol: " + (res["rows"][0]["protocol"] if res["rows"] else ""))
+    lines += [f"Protocol: {p}" for p in dict.fromkeys(r["protocol"] for r in res["rows"])]
     return "\n".join(lines) + "\n"
 
 
@@ -174,6 +219,8 @@ def main():
     e.add_argument("--chunk", type=int, default=500, help="samples per seeded, cached chunk (chunk i: seed i)")
     e.add_argument("--chunks-only", action="store_true",
                    help="only make chunks, beside a main eval of the same rows (a second core), and record nothing")
+    e.add_argument("--check-fp32", type=int, default=0, metavar="N",
+                   help="also FID of each row's first N samples against N test images with fp32 and bf16 Inception")
     e.add_argument("--ref-n", type=int, default=10_000, help="reference images (seeded train subset, cached)")
     for s in (t, e):
         s.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
