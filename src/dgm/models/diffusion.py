@@ -104,8 +104,11 @@ def discretized_gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale
 class Diffusion(GenerativeModel):
     Config = DiffusionConfig
     sample_trajectory = True  # sample(callback=...) sees every step (the denoise figure, the studio)
-    # The objectives pilot's settings (benchmarks/diffusion_objectives.py): small batches, a high lr, EMA.
-    train_defaults = {"lr": 1e-3, "batch_size": 32, "ema_decay": 0.999, "grad_clip": 1.0, "warmup_steps": 100}
+    # The objectives pilot's settings (benchmarks/diffusion_objectives.py): small batches, a high lr, EMA; bf16 where
+    # the device runs it in hardware (a Xeon with AMX: 1.6x the fp32 steps per CPU-minute, the same loss at step 300;
+    # BENCHMARKS.md, "Diffusion").
+    train_defaults = {"lr": 1e-3, "batch_size": 32, "ema_decay": 0.999, "grad_clip": 1.0, "warmup_steps": 100,
+                      "precision": "auto"}
     default_minutes = 8.0
 
     def __init__(self, config: DiffusionConfig):
