@@ -50,6 +50,8 @@ def cmd_eval(a):
     run = Path(a.run)
     model = load(run).eval()
     cfg = json.loads((run / "config.json").read_text())
+    # the steps trained: "steps" is the planned length, None for a run that trained to a CPU-time budget
+    steps = cfg["progress"]["steps"] or cfg["progress"]["checkpoint_step"]
     path = RESULTS / f"{a.name}.json"
     res = json.loads(path.read_text()) if path.is_file() else {"rows": []}
     if a.check_fp32 and a.check_fp32 <= 2048:
@@ -59,7 +61,7 @@ def cmd_eval(a):
         for row in a.rows.split(","):
             spec, n = row.split(":")
             sampler, calls = spec.rsplit("-", 1)
-            sample_features(model, inc, run / "bench_cache" / f"{spec}_step{cfg['progress']['steps']}", sampler,
+            sample_features(model, inc, run / "bench_cache" / f"{spec}_step{steps}", sampler,
                             int(calls), int(n), a.precision, a.chunk, chunks_only=True)
         return
     t0 = time.process_time()
@@ -80,13 +82,13 @@ def cmd_eval(a):
             continue
         sampler, calls = spec.rsplit("-", 1)
         n, calls = int(n), int(calls)
-        cache = run / "bench_cache" / f"{spec}_step{cfg['progress']['steps']}"
+        cache = run / "bench_cache" / f"{spec}_step{steps}"
         f, t_sample, t_feat = sample_features(model, inc, cache, sampler, calls, n, a.precision, a.chunk)
         score = fid.frechet_distance(ref["mu"], ref["sigma"], *fid.feature_stats(f))
         r = {"run": str(run), "objective": cfg["model"].get("objective", "ddpm"), "sampler": sampler,
              "network_calls": calls, "n": n, "inception_fid": round(float(score), 3),
-             "train_steps": cfg["progress"]["steps"], "train_cpu_minutes": round(cfg["progress"]["cpu_seconds"] / 60, 2),
-             "epochs": round(cfg["progress"]["steps"] * cfg["train"]["batch_size"] / 60_000, 2),
+             "train_steps": steps, "train_cpu_minutes": round(cfg["progress"]["cpu_seconds"] / 60, 2),
+             "epochs": round(steps * cfg["train"]["batch_size"] / 60_000, 2),
              "sample_ms_per_image": round(1000 * t_sample / n, 1), "fid_cpu_seconds": round(t_feat),
              "protocol": f"Inception FID ({a.precision} Inception), N = {n} samples in chunks of {a.chunk}, chunk i "
                          f"from seed i ({a.precision} sampling), reference: {a.data} train seeded subset of {ref['n']}; "
