@@ -106,7 +106,9 @@ def _resume_options(cfg: dict[str, Any], out: Path, overrides: dict[str, Any], l
     at = (cfg.get("progress") or {}).get("checkpoint_step")
     if train_kw.get("steps") and at is not None and train_kw["steps"] < at:
         raise UsageError(f"--steps {train_kw['steps']}: {out} is already at step {at}; give more steps to extend it")
-    return cls, cfg["model"], train_kw
+    # A field the saved config lacks (written before it existed) takes the dataclass default, as `load` gives it, not
+    # the family's fresh-run recipe: the resumed model is the one that trained.
+    return cls, {**defaults_of(cls.Config), **cfg["model"]}, train_kw
 
 
 def _changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:

@@ -59,6 +59,14 @@ class VAEConfig(ImageConfig):
     vamp_components: int = 500               # K pseudo-inputs of the VampPrior
     z1_dim: int = 0                          # > 0: a lower stochastic layer z1 of this size (two-layer VAE)
     z1_hidden: int = 256                     # width of the MLPs of q(z1|x, z) and p(z1|z)
+    logvar_max: float = 20.0                 # smooth upper bound on log Var q(z|x) (bounded_logvar)
+
+
+def bounded_logvar(raw: torch.Tensor, hi: float) -> torch.Tensor:
+    """The encoder's raw log-variance, floored at -30 and bounded above by `hi` smoothly: hi - softplus(hi - raw),
+    which is raw itself well below hi (exactly, in float32, 20 nats below) and never has a zero gradient, so a
+    variance pushed to the bound can come back (a hard clamp there stops its gradient and leaves it stuck)."""
+    return hi - F.softplus(hi - raw.clamp_min(-30.0))
 
 
 @register("vae")
@@ -88,6 +96,8 @@ class VAE(GenerativeModel):
         if c.objective == "iwae" and (c.iwae_k < 1 or c.beta != 1.0 or c.capacity_max > 0):
             raise ValueError(f"objective='iwae' is the bound itself: it needs iwae_k >= 1 (got {c.iwae_k}) and no "
                              f"beta or capacity (got beta={c.beta}, capacity_max={c.capacity_max})")
+        if not -30.0 < c.logvar_max <= 20.0:
+            raise ValueError(f"logvar_max must be in (-30, 20], got {c.logvar_max}")
         if c.z1_dim < 0 or c.z1_hidden < 1:
             raise ValueError(f"z1_dim must be >= 0 and z1_hidden >= 1, got {c.z1_dim}, {c.z1_hidden}")
         d1 = c.z1_dim
@@ -120,7 +130,7 @@ class VAE(GenerativeModel):
         """x -> mu, logvar of q(z|x) and the features of x that q(z1|x, z) reads ((B, 0) with one layer)."""
         out = self.encoder(x)
         d = self.config.latent_dim
-        return out[:, :d], out[:, d:2 * d].clamp(-30.0, 20.0), out[:, 2 * d:]
+        return out[:, :d], bounded_logvar(out[:, d:2 * d], self.config.logvar_max), out[:, 2 * d:]
 
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, C, H, W) in [0, 1] -> (mu, logvar) of q(z|x), each (B, latent_dim)."""
@@ -129,7 +139,7 @@ class VAE(GenerativeModel):
     @staticmethod
     def _gaussian(net: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = net(h).chunk(2, dim=-1)
-        return mu, logvar.clamp(-30.0, 20.0)
+        return mu, bounded_logvar(logvar, 20.0)
 
     def _lower_posterior(self, feats: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q(z1|x, z): x's features (B, 2 d1) and codes (..., B, D) -> mu, logvar (..., B, d1)."""
@@ -305,7 +315,13 @@ class BetaVAE(VAE):
     """`dgm train beta-vae --data dsprites`: the VAE with beta > 1 (or, with capacity_max > 0, Burgess et al.'s
     gamma * |KL - C| objective, C annealed linearly over capacity_steps)."""
     Config = BetaVAEConfig
-    RECIPE: dict = {}   # the disentanglement objectives penalise the KL to a factorised N(0, I) with one layer
+    # The disentanglement objectives penalise the KL to a factorised N(0, I) with one layer (no VAE recipe), and a
+    # fresh model bounds Var q(z|x) at 1, the prior's variance (the config's default stays 20 so that runs saved
+    # before the bound load as they trained). A variance above the prior's carries no information about x, yet it
+    # buys KL: below its target C the capacity objective rewards exactly that, and d KL / d logvar = (e^logvar - 1)/2
+    # feeds back on itself. On dSprites at lr 1e-3 single images' logvar ran to the old hard clamp (20) and the batch
+    # KL to 10^7 nats within one step, again and again (BENCHMARKS.md, "beta-VAE"); bounded at 0 it cannot.
+    RECIPE: dict = {"logvar_max": 0.0}
     # The lr decays linearly to 0 over the last third: at a constant lr the capacity objective's held target
     # C is not a stable place late in training (a 200k-step run at 1e-3 diverged after 140k steps; at 3e-3 the
     # KL exploded at step 9,650 where the decayed run went on improving: BENCHMARKS.md, "beta-VAE").
