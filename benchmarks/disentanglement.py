@@ -329,10 +329,9 @@ def study_plots(cells: list[dict], models: list[str], base: Path) -> None:
                     else None)
     axes[0].set_ylabel("reconstruction (nats, per batch)")
     axes[1].set_ylabel("KL (nats)")
-    for ax in axes:
+    for ax in axes:      # log scales: a KL explosion (10^5 nats) and the runs' ordinary 10-25 nats both show
         ax.set_xlabel("step")
         ax.grid(True, alpha=0.3)
-    for ax in axes:      # log scales: a KL explosion (10^5 nats) and the runs' ordinary 10-25 nats both show
         ax.set_yscale("log")
     axes[1].legend(fontsize=7)
     fig.suptitle("Every study run's training curves (one line per seed)", fontsize=10)
