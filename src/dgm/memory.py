@@ -13,7 +13,7 @@ def tune_allocator() -> bool:
 
     By default glibc gives blocks over 128 KiB straight back to the OS and maps them afresh on the next allocation, so
     every large activation of every step pays page faults and zero-filling; keeping them speeds up a small UNet's
-    training step (benchmarks/allocator.py; BENCHMARKS.md, "Speed notes"). Raising the mmap threshold to its 32 MiB maximum and the trim threshold to 1 GiB lets those blocks be reused, as
+    training step (benchmarks/allocator.py; benchmarks/results/history.md, "Speed notes"). Raising the mmap threshold to its 32 MiB maximum and the trim threshold to 1 GiB lets those blocks be reused, as
     jemalloc or tcmalloc would (the allocators PyTorch's CPU tuning guides suggest preloading). The cost: up to 1 GiB
     of freed memory stays with the process. DGM_MALLOC_TUNE=0 turns it off."""
     global _ALLOCATOR_TUNED

@@ -183,8 +183,8 @@ def init_distributed(device: torch.device) -> None:
 
 def make_optimizer(cls, params, **options) -> torch.optim.Optimizer:
     """cls(params, fused=True, ...) where this torch supports it for these parameters (CPU since torch 2.4, CUDA), else
-    the default implementation. Same update up to float rounding, several times faster on a CPU (BENCHMARKS.md,
-    "Speed notes")."""
+    the default implementation. Same update up to float rounding, several times faster on a CPU
+    (benchmarks/results/history.md, "Speed notes")."""
     params = list(params)
     try:
         return cls(params, fused=True, **options)
