@@ -127,7 +127,7 @@ def main(argv=None):
     p.add_argument("--data-dir", default=None)
     p.add_argument("--models", default=None,
                    help=f"comma list from {', '.join(MODELS)} (default vae,beta-vae); --study: from {', '.join(STUDY)} "
-                        "(default all)")
+                        f"(default all) or the probes {', '.join(PROBES)}")
     p.add_argument("--tag", default="", help="run folders are runs/bench_dis<TAG>_<model>")
     p.add_argument("--study", action="store_true", help="the study: STUDY models x --seeds (see the top)")
     p.add_argument("--seeds", default="0,1,2", help="study: training seeds")
@@ -192,12 +192,13 @@ def study(args, parser) -> int:
 
 
 def study_protocol(args) -> dict:
+    probes = {m: PROBES[m][1] for m in (args.models or "").split(",") if m in PROBES}   # their own options
     return {"data": "dsprites (procedural, all 737,280 factor combinations)", "steps": args.steps,
             "net": "MLP 4096-256-256-(2x10), Bernoulli decoder, batch 64", "optimiser":
             f"Adam lr {COMMON['lr']}, constant, then linearly to 0 over the last third (lr_decay_start 0.667)",
             "capacity": "C annealed 0 -> C_max over the first two thirds, then held",
             "metrics": "disentanglement_lib sample sizes (PROTOCOL), posterior means, the metrics' seed = the "
-                       "training seed", "precision": args.precision, "threads": 1}
+                       "training seed", "precision": args.precision, "threads": 1, **({"probes": probes} if probes else {})}
 
 
 def study_cell(args, name: str, seed: int, out: Path) -> None:
