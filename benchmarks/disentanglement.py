@@ -199,7 +199,8 @@ def study(args, parser) -> int:
 def study_protocol(args) -> dict:
     probes = {m: PROBES[m][1] for m in (args.models or "").split(",") if m in PROBES}   # their own options
     return {"data": "dsprites (procedural, all 737,280 factor combinations)", "steps": args.steps,
-            "net": "MLP 4096-256-256-(2x10), Bernoulli decoder, batch 64", "optimiser":
+            "net": "MLP 4096-256-256-(2x10), Bernoulli decoder, batch 64" + (", unless a probe's options say "
+                   "otherwise" if probes else ""), "optimiser":
             f"Adam lr {COMMON['lr']}, constant, then linearly to 0 over the last third (lr_decay_start 0.667)",
             "capacity": (f"C annealed 0 -> C_max over the first {args.capacity_steps} steps" if args.capacity_steps
                          else "C annealed 0 -> C_max over the first two thirds") + ", then held",

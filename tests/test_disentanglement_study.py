@@ -63,8 +63,13 @@ def test_probes_are_accepted_by_name_and_noted_in_the_protocol(study, tmp_path, 
     assert "no finished cells" in capsys.readouterr().out
 
     class A:
-        steps, precision, models = 100, "fp32", "beta-tcvae-6-b256"
-    assert study.study_protocol(A)["probes"] == {"beta-tcvae-6-b256": {"beta": "6", "batch_size": "256"}}
+        steps, precision, models, capacity_steps = 100, "fp32", "beta-tcvae-6-b256", None
+    protocol = study.study_protocol(A)
+    assert protocol["probes"] == {"beta-tcvae-6-b256": {"beta": "6", "batch_size": "256"}}
+    assert "two thirds" in protocol["capacity"] and "unless a probe's options" in protocol["net"]
+    A.capacity_steps, A.models = 40, "vae"
+    protocol = study.study_protocol(A)
+    assert "first 40 steps" in protocol["capacity"] and "probes" not in protocol and "unless" not in protocol["net"]
 
 
 def test_an_unknown_study_model_is_refused_before_anything_runs(study, tmp_path, capsys):
