@@ -53,7 +53,7 @@ STUDY = {"vae": ("vae", {"beta": "1"}),
          "annealed-vae-25": ("beta-vae", {"capacity_max": "25", "gamma": "1000"})}
 # Probes beyond the study's design (named with --models only): the batch TC estimate from 4x the samples; the
 # disentanglement_lib conv nets (4 convs 32-32-64-64, kernel 4, stride 2, ReLU, a 256 hidden layer, and the mirror)
-# in place of the MLP (~5.7x the CPU per step here).
+# in place of the MLP (~5x the CPU per training step here, and 7 more CPU-minutes to encode dSprites).
 DL_CONV = {"arch": "conv", "conv_channels": "32,32,64,64", "conv_kernel": "4", "conv_act": "relu", "conv_hidden": "256"}
 PROBES = {"beta-tcvae-6-b256": ("beta-tcvae", {"beta": "6", "batch_size": "256"}),
           "beta-tcvae-6-conv": ("beta-tcvae", {"beta": "6", **DL_CONV})}
