@@ -25,6 +25,7 @@ Writes benchmarks/results/gan_<data>[_<tag>].json / .md and copies each run's dx
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import platform
 import shutil
@@ -286,6 +287,20 @@ def run_dataset(a, data: str) -> None:
     def save():
         json_path.write_text(json.dumps(out, indent=1))
 
+    def merged(update=None) -> dict:
+        """The results as on disk, with `update(results)` applied and written back under a lock (two --fid-only
+        processes share one file); `out` becomes that merged copy."""
+        with open(json_path.with_suffix(".lock"), "a+") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            if json_path.is_file():
+                disk = json.loads(json_path.read_text())
+                out["runs"] = disk["runs"]
+                out.update({k: v for k, v in disk.items() if k not in ("runs", "command")})
+            if update is not None:
+                update(out)
+                save()
+        return out
+
     def chunk(name, run, over, rec, steps, n):
         """Train n more steps (resuming), then a curve point; returns the new step count."""
         t0, c0 = time.perf_counter(), time.process_time()
@@ -390,11 +405,21 @@ def run_dataset(a, data: str) -> None:
                 continue
             if rec.get("milestones"):  # the snapshots whose Inception FID was deferred (or failed)
                 for key, m in rec["milestones"].items():
-                    if "value" not in m.get("inception_fid", {}):
-                        m["inception_fid"] = inception_fid(a, data, Path(m["snapshot"]), name)
-                        rec["inception_fid"] = m["inception_fid"]
-                        save()
-                        print(name, key, "CPU-min:", m["inception_fid"], flush=True)
+                    if "value" in m.get("inception_fid", {}):
+                        continue
+                    # A lock per snapshot: a second --fid-only process (another core) takes the next snapshot.
+                    with open(Path(m["snapshot"]) / ".inception_fid.lock", "a+") as lock:
+                        try:
+                            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        except BlockingIOError:
+                            print(name, key, "CPU-min: scored by another process", flush=True)
+                            continue
+                        if "value" in merged()["runs"][name]["milestones"][key].get("inception_fid", {}):
+                            continue  # scored by another process since this one read the results
+                        fid_rec = inception_fid(a, data, Path(m["snapshot"]), name)
+                        merged(lambda o, n=name, k=key, f=fid_rec: (o["runs"][n]["milestones"][k].update(
+                            inception_fid=f), o["runs"][n].update(inception_fid=f)))
+                        print(name, key, "CPU-min:", fid_rec, flush=True)
                 continue
             rec["inception_fid"] = inception_fid(a, data, Path(a.runs) / f"{data}_{a.tag + '_' if a.tag else ''}{name}",
                                                  name)
@@ -402,7 +427,10 @@ def run_dataset(a, data: str) -> None:
             print(name, rec["inception_fid"], flush=True)
     elif a.fid_n and not a.no_fid_floor and "inception_floor" not in out:
         out["inception_floor"] = real_floor(a, data)
-    save()
+    if a.fid_only:
+        merged(lambda o: None)   # what the other process added meanwhile, too
+    else:
+        save()
     text = markdown(out, a, data)
     json_path.with_suffix(".md").write_text(text + "\n")
     print(text)

@@ -1,0 +1,82 @@
+"""benchmarks/gan.py --fid-only: two processes share the deferred Inception FIDs of one results file."""
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("gan_bench", ROOT / "benchmarks" / "gan.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def results(tmp_path):
+    """A results file as a --defer-fid training leaves it: two runs, one milestone each, no Inception FID yet."""
+    runs = {}
+    for name in ("ns-ema", "r3"):
+        snap = tmp_path / "runs" / f"digits_t_{name}@30cpumin"
+        snap.mkdir(parents=True)
+        runs[name] = {"overrides": {}, "curve": [], "steps": 10, "final": {},
+                      "milestones": {"30": {"step": 10, "train_cpu_s": 1800.0, "snapshot": str(snap)}}}
+    path = tmp_path / "res" / "gan_digits_t.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"date": "d", "machine": "m", "command": "c", "data": "digits", "runs": runs}))
+    return path
+
+
+def fid_only(mod, tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["gan.py", "--data", "digits", "--fid-only", "--fid-n", "10000", "--tag", "t",
+                                      "--no-fid-floor", "--runs", str(tmp_path / "runs"),
+                                      "--results", str(tmp_path / "res")])
+    mod.main()
+
+
+def test_fid_only_skips_a_snapshot_another_process_holds_and_keeps_its_result(tmp_path, monkeypatch):
+    mod, path = load_bench(), results(tmp_path)
+    scored = []
+
+    def fake_fid(a, data, run, name):
+        scored.append(name)
+        # meanwhile the other process finishes ns-ema and writes it to the shared file
+        disk = json.loads(path.read_text())
+        disk["runs"]["ns-ema"]["milestones"]["30"]["inception_fid"] = {"value": 7.0, "n": 10000}
+        path.write_text(json.dumps(disk))
+        return {"value": 5.0, "n": a.fid_n}
+
+    monkeypatch.setattr(mod, "inception_fid", fake_fid)
+    held = tmp_path / "runs" / "digits_t_ns-ema@30cpumin" / ".inception_fid.lock"
+    with open(held, "a+") as lock:     # the other process is scoring ns-ema
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        fid_only(mod, tmp_path, monkeypatch)
+    assert scored == ["r3"]
+    runs = json.loads(path.read_text())["runs"]
+    assert runs["r3"]["milestones"]["30"]["inception_fid"]["value"] == 5.0
+    assert runs["ns-ema"]["milestones"]["30"]["inception_fid"]["value"] == 7.0   # not overwritten
+    assert "| r3 | 30 (30.00) | 10 | 5.00 (10000)" in path.with_suffix(".md").read_text()
+
+
+def test_fid_only_does_not_rescore_what_another_process_finished_after_it_started(tmp_path, monkeypatch):
+    mod, path = load_bench(), results(tmp_path)
+    scored = []
+
+    def fake_fid(a, data, run, name):
+        scored.append(name)
+        if name == "ns-ema":   # the other process scores r3 while this one works on ns-ema
+            disk = json.loads(path.read_text())
+            disk["runs"]["r3"]["milestones"]["30"]["inception_fid"] = {"value": 6.0, "n": 10000}
+            path.write_text(json.dumps(disk))
+        return {"value": 8.0, "n": a.fid_n}
+
+    monkeypatch.setattr(mod, "inception_fid", fake_fid)
+    fid_only(mod, tmp_path, monkeypatch)
+    assert scored == ["ns-ema"]
+    runs = json.loads(path.read_text())["runs"]
+    assert runs["r3"]["milestones"]["30"]["inception_fid"]["value"] == 6.0
+    assert runs["ns-ema"]["inception_fid"]["value"] == 8.0
