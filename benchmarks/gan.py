@@ -284,22 +284,20 @@ def run_dataset(a, data: str) -> None:
         out["runs"] = prev["runs"]
         out["command"] = prev["command"] + " ; then " + out["command"] + " --continue"
 
-    def save():
-        json_path.write_text(json.dumps(out, indent=1))
+    owned = [] if a.fid_only else a.configs.split(",")  # the runs this process trains; the file may hold others
 
-    def merged(update=None) -> dict:
-        """The results as on disk, with `update(results)` applied and written back under a lock (two --fid-only
-        processes share one file); `out` becomes that merged copy."""
+    def save(update=None):
+        """Write the results, merged under a lock with what other processes wrote to the same file meanwhile
+        (`--configs` split over two cores, or two --fid-only processes): this process's own runs replace theirs
+        on disk, `update(results)` is applied last, and `out` becomes the merged copy."""
         with open(json_path.with_suffix(".lock"), "a+") as lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-            if json_path.is_file():
-                disk = json.loads(json_path.read_text())
-                out["runs"] = disk["runs"]
-                out.update({k: v for k, v in disk.items() if k not in ("runs", "command")})
+            runs = json.loads(json_path.read_text())["runs"] if json_path.is_file() else {}
+            runs.update({n: out["runs"][n] for n in owned if n in out["runs"]})
+            out["runs"] = runs
             if update is not None:
                 update(out)
-                save()
-        return out
+            json_path.write_text(json.dumps(out, indent=1))
 
     def chunk(name, run, over, rec, steps, n):
         """Train n more steps (resuming), then a curve point; returns the new step count."""
@@ -361,6 +359,8 @@ def run_dataset(a, data: str) -> None:
             rec = {"overrides": over, "curve": []}
             out["runs"][name] = rec
             steps = 0
+        this = out["command"].split(" ; then ")[-1]   # the command of this process, per run (several may share)
+        rec["command"] = f"{rec['command']} ; then {this}" if "command" in rec else this
         if a.milestones:  # CPU-time milestones, each fully evaluated
             rec.setdefault("milestones", {})
             for ms in a.milestones:
@@ -414,23 +414,20 @@ def run_dataset(a, data: str) -> None:
                         except BlockingIOError:
                             print(name, key, "CPU-min: scored by another process", flush=True)
                             continue
-                        if "value" in merged()["runs"][name]["milestones"][key].get("inception_fid", {}):
+                        disk = json.loads(json_path.read_text())["runs"][name]["milestones"][key]
+                        if "value" in disk.get("inception_fid", {}):
                             continue  # scored by another process since this one read the results
                         fid_rec = inception_fid(a, data, Path(m["snapshot"]), name)
-                        merged(lambda o, n=name, k=key, f=fid_rec: (o["runs"][n]["milestones"][k].update(
+                        save(lambda o, n=name, k=key, f=fid_rec: (o["runs"][n]["milestones"][k].update(
                             inception_fid=f), o["runs"][n].update(inception_fid=f)))
                         print(name, key, "CPU-min:", fid_rec, flush=True)
                 continue
-            rec["inception_fid"] = inception_fid(a, data, Path(a.runs) / f"{data}_{a.tag + '_' if a.tag else ''}{name}",
-                                                 name)
-            save()
-            print(name, rec["inception_fid"], flush=True)
+            fid_rec = inception_fid(a, data, Path(a.runs) / f"{data}_{a.tag + '_' if a.tag else ''}{name}", name)
+            save(lambda o, n=name, f=fid_rec: o["runs"][n].update(inception_fid=f))
+            print(name, fid_rec, flush=True)
     elif a.fid_n and not a.no_fid_floor and "inception_floor" not in out:
         out["inception_floor"] = real_floor(a, data)
-    if a.fid_only:
-        merged(lambda o: None)   # what the other process added meanwhile, too
-    else:
-        save()
+    save()
     text = markdown(out, a, data)
     json_path.with_suffix(".md").write_text(text + "\n")
     print(text)
