@@ -20,7 +20,8 @@ evaluated in full (domain FID / KID / precision-recall / mode coverage on `--fin
 so one run gives the 30- and the 90-minute numbers; `--defer-fid` leaves the Inception FIDs of the snapshots to a
 later `--fid-only` (which may run elsewhere, `--eval-device cuda`). `--data` takes a comma list; `--precision auto` times a few DCGAN steps in fp32 and
 bf16 and uses the faster (bf16 autocast is slower than fp32 on CPUs without native bf16, e.g. AVX2-only ones).
-Writes benchmarks/results/gan_<data>[_<tag>].json / .md and copies each run's dx.png and samples.png beside them.
+Writes benchmarks/results/gan_<data>[_<tag>].json / .md and _curve.png (the quality curves; `--plot-only` redraws it,
+`--plot-also` adds earlier results files dashed) and copies each run's dx.png and samples.png beside them.
 """
 from __future__ import annotations
 
@@ -63,7 +64,11 @@ CONFIGS = {
 
 # Options left out of the recorded training command (paths, modes; an Inception FID records its own command).
 NOT_IN_COMMAND = ("runs", "results", "data_dir", "dry", "cont", "fid_only", "speed", "no_fid_floor", "fid_configs",
-                  "speed_rows", "speed_precisions", "defer_fid", "eval_device")
+                  "speed_rows", "speed_precisions", "defer_fid", "eval_device", "plot_also", "plot_only")
+
+
+def results_stem(a, data: str) -> str:
+    return f"gan_{data}{'_' + a.tag if a.tag else ''}{'_dry' if a.dry else ''}"
 
 
 def value(res: dict, key: str):
@@ -241,8 +246,15 @@ def main():
                    help="only the throughput table: CPU time per step of each net and loss, then exit")
     p.add_argument("--speed-rows", default="", help="with --speed: row numbers of SPEED_ROWS (default all)")
     p.add_argument("--speed-precisions", default="fp32,bf16")
+    p.add_argument("--plot-also", default="",
+                   help="comma list of earlier results JSONs (another run of the same configs), dashed in the curve plot")
+    p.add_argument("--plot-only", action="store_true", help="only redraw <stem>_curve.png from the results JSON")
     p.add_argument("--dry", action="store_true", help="tiny settings to check the script end to end")
     a = p.parse_args()
+    if a.plot_only:
+        for data in a.data.split(","):
+            print(curve_plot(Path(a.results) / f"{results_stem(a, data)}.json", [Path(f) for f in a.plot_also.split(",") if f]))
+        return
     if a.speed:
         return speed(a.batch_size, a.width, rows=a.speed_rows, precisions=a.speed_precisions)
     if 0 < a.fid_n <= 2048 or 0 < a.fid_ref_n <= 2048:
@@ -277,7 +289,7 @@ def run_dataset(a, data: str) -> None:
            "data": data, "runs": {}}
     if a.precision_probe:
         out["precision_probe"] = a.precision_probe
-    stem = f"gan_{data}{'_' + a.tag if a.tag else ''}{'_dry' if a.dry else ''}"
+    stem = results_stem(a, data)
     json_path = results_dir / f"{stem}.json"
     if a.cont and json_path.is_file():
         prev = json.loads(json_path.read_text())
@@ -431,6 +443,54 @@ def run_dataset(a, data: str) -> None:
     text = markdown(out, a, data)
     json_path.with_suffix(".md").write_text(text + "\n")
     print(text)
+    if any(r.get("curve") for r in out["runs"].values()):
+        curve_plot(json_path, [Path(f) for f in a.plot_also.split(",") if f])
+
+
+def curve_plot(json_path: Path, also: list[Path] = ()) -> Path:
+    """<stem>_curve.png beside the results: domain FID after every chunk (left) and the Inception FID of each
+    milestone (right) against training CPU-minutes, one colour per config; `also`: earlier results files of the
+    same configs (another run of the same command), drawn dashed, so the run-to-run spread is in the picture."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    colours = {}
+    for i, path in enumerate([json_path, *also]):
+        res = json.loads(path.read_text())
+        style = "-" if i == 0 else "--"
+        for name, r in res["runs"].items():
+            c = colours.setdefault(name, f"C{len(colours)}")
+            label = name if i == 0 else f"{name} ({path.stem.split('_')[-1]})"
+            pts = [(p["train_cpu_s"] / 60, p["domain_fid"]) for p in r.get("curve", [])
+                   if p.get("train_cpu_s") is not None and p.get("domain_fid") is not None]
+            if pts:
+                ax1.plot(*zip(*pts), style, color=c, label=label)
+            inc = sorted((m["train_cpu_s"] / 60, m["inception_fid"]["value"]) for m in r.get("milestones", {}).values()
+                         if "value" in m.get("inception_fid", {}))
+            if inc:
+                ax2.plot(*zip(*inc), style, marker="o", color=c, label=label)
+                for x, y in inc:
+                    ax2.annotate(f"{y:.2f}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax1.set(xlabel="training CPU-minutes (one thread)", ylabel="domain FID (N = 2,000, log)", yscale="log",
+            title="after every chunk")
+    ax2.set(xlabel="training CPU-minutes (one thread)", ylabel="Inception FID (N = 10,000)",
+            title="at each milestone")
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+    ax1.yaxis.set_major_locator(LogLocator(base=10, subs=(1, 2, 3, 5)))
+    ax1.yaxis.set_major_formatter(ScalarFormatter())
+    ax1.yaxis.set_minor_formatter(NullFormatter())
+    for ax in (ax1, ax2):
+        ax.set_xlim(0, max([1.0, *(x for line in ax.lines for x in line.get_xdata())]) * 1.08)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.suptitle(f"{json_path.stem}: quality against training CPU time")
+    fig.tight_layout()
+    out = json_path.with_name(json_path.stem + "_curve.png")
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
 
 
 def markdown(out: dict, a, data: str) -> str:

@@ -80,3 +80,34 @@ def test_fid_only_does_not_rescore_what_another_process_finished_after_it_starte
     runs = json.loads(path.read_text())["runs"]
     assert runs["r3"]["milestones"]["30"]["inception_fid"]["value"] == 6.0
     assert runs["ns-ema"]["inception_fid"]["value"] == 8.0
+
+
+def test_curve_plot_draws_every_run_and_the_earlier_file(tmp_path, monkeypatch):
+    """The curve plot has one line per config and file on the left (domain FID per chunk) and one per config and
+    file with a scored milestone on the right (Inception FID); runs without points are left out, not drawn empty."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    mod = load_bench()
+    path = results(tmp_path)
+    res = json.loads(path.read_text())
+    res["runs"]["ns-ema"]["curve"] = [{"step": s, "train_s": s, "train_cpu_s": 60.0 * s, "domain_fid": 20.0 / s}
+                                      for s in (1, 2, 3)]
+    res["runs"]["ns-ema"]["milestones"]["30"]["inception_fid"] = {"value": 12.5}
+    path.write_text(json.dumps(res))
+    earlier = path.with_name("gan_digits_t_before.json")
+    res["runs"]["r3"]["curve"] = [{"step": 1, "train_s": 1, "train_cpu_s": 60.0, "domain_fid": 9.0}]
+    earlier.write_text(json.dumps(res))
+    drawn = []
+    real_savefig = plt.Figure.savefig
+
+    def spy(fig, *args, **kw):
+        drawn.append([[line.get_label() for line in ax.lines] for ax in fig.axes])
+        return real_savefig(fig, *args, **kw)
+
+    monkeypatch.setattr(plt.Figure, "savefig", spy)
+    out = mod.curve_plot(path, [earlier])
+    assert out.is_file() and out.stat().st_size > 0
+    left, right = drawn[0]
+    assert left == ["ns-ema", "ns-ema (before)", "r3 (before)"]
+    assert right == ["ns-ema", "ns-ema (before)"]
