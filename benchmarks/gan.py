@@ -64,7 +64,8 @@ CONFIGS = {
 
 # Options left out of the recorded training command (paths, modes; an Inception FID records its own command).
 NOT_IN_COMMAND = ("runs", "results", "data_dir", "dry", "cont", "fid_only", "speed", "no_fid_floor", "fid_configs",
-                  "speed_rows", "speed_precisions", "defer_fid", "eval_device", "plot_also", "plot_only")
+                  "speed_rows", "speed_precisions", "defer_fid", "eval_device", "plot_also", "plot_only",
+                  "fid_milestones")
 
 
 def results_stem(a, data: str) -> str:
@@ -242,6 +243,8 @@ def main():
                    help="extend existing runs (and their curves in the results JSON) instead of starting afresh")
     p.add_argument("--fid-only", action="store_true", help="only the Inception FID of the runs already in the JSON")
     p.add_argument("--fid-configs", default="", help="with --fid-only: just these runs (comma list; default all)")
+    p.add_argument("--fid-milestones", default="",
+                   help="with --fid-only: just these milestones (comma list of CPU-minutes, e.g. 90; default all)")
     p.add_argument("--speed", action="store_true",
                    help="only the throughput table: CPU time per step of each net and loss, then exit")
     p.add_argument("--speed-rows", default="", help="with --speed: row numbers of SPEED_ROWS (default all)")
@@ -417,7 +420,8 @@ def run_dataset(a, data: str) -> None:
                 continue
             if rec.get("milestones"):  # the snapshots whose Inception FID was deferred (or failed)
                 for key, m in rec["milestones"].items():
-                    if "value" in m.get("inception_fid", {}):
+                    if "value" in m.get("inception_fid", {}) or (
+                            a.fid_milestones and key not in a.fid_milestones.split(",")):
                         continue
                     # A lock per snapshot: a second --fid-only process (another core) takes the next snapshot.
                     with open(Path(m["snapshot"]) / ".inception_fid.lock", "a+") as lock:

@@ -31,10 +31,10 @@ def results(tmp_path):
     return path
 
 
-def fid_only(mod, tmp_path, monkeypatch):
+def fid_only(mod, tmp_path, monkeypatch, *extra):
     monkeypatch.setattr(sys, "argv", ["gan.py", "--data", "digits", "--fid-only", "--fid-n", "10000", "--tag", "t",
                                       "--no-fid-floor", "--runs", str(tmp_path / "runs"),
-                                      "--results", str(tmp_path / "res")])
+                                      "--results", str(tmp_path / "res"), *extra])
     mod.main()
 
 
@@ -111,3 +111,19 @@ def test_curve_plot_draws_every_run_and_the_earlier_file(tmp_path, monkeypatch):
     left, right = drawn[0]
     assert left == ["ns-ema", "ns-ema (before)", "r3 (before)"]
     assert right == ["ns-ema", "ns-ema (before)"]
+
+
+def test_fid_only_scores_just_the_milestones_asked_for(tmp_path, monkeypatch):
+    mod, path = load_bench(), results(tmp_path)
+    disk = json.loads(path.read_text())
+    for name, rec in disk["runs"].items():
+        snap = tmp_path / "runs" / f"digits_t_{name}@90cpumin"
+        snap.mkdir()
+        rec["milestones"]["90"] = {"step": 30, "train_cpu_s": 5400.0, "snapshot": str(snap)}
+    path.write_text(json.dumps(disk))
+    scored = []
+    monkeypatch.setattr(mod, "inception_fid", lambda a, data, run, name: scored.append(run.name) or {"value": 4.0})
+    fid_only(mod, tmp_path, monkeypatch, "--fid-milestones", "90")
+    assert scored == ["digits_t_ns-ema@90cpumin", "digits_t_r3@90cpumin"]
+    runs = json.loads(path.read_text())["runs"]
+    assert all("inception_fid" not in r["milestones"]["30"] for r in runs.values())
