@@ -499,7 +499,11 @@ def curve_plot(json_path: Path, also: list[Path] = ()) -> Path:
 
 def markdown(out: dict, a, data: str) -> str:
     f = lambda v, d=3: "-" if v is None else (f"{v:.{d}f}" if isinstance(v, float) else str(v))  # noqa: E731
-    md = [f"GANs on {data} ({out['machine']}, {out['date']}); command: `{out['command']}`", "",
+    # Each run records the command(s) that trained it; the file's own command mixes every process that wrote it.
+    cmds = {n: r["command"] for n, r in out["runs"].items() if r.get("command")}
+    md = [f"GANs on {data} ({out['machine']}, {out['date']}); "
+          + ("commands, per run:" if cmds else f"command: `{out['command']}`"),
+          *[f"- {n}: `{c}`" for n, c in cmds.items()], "",
           "| config | steps | D epochs | train wall | train img/s (wall) | img per CPU-s | domain FID | KID (domain) | "
           "precision | recall | mode coverage | mode KL | Inception FID (N) | final D(x) / D(G(z)) / AUC |",
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]

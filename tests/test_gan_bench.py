@@ -127,3 +127,18 @@ def test_fid_only_scores_just_the_milestones_asked_for(tmp_path, monkeypatch):
     assert scored == ["digits_t_ns-ema@90cpumin", "digits_t_r3@90cpumin"]
     runs = json.loads(path.read_text())["runs"]
     assert all("inception_fid" not in r["milestones"]["30"] for r in runs.values())
+
+
+def test_the_markdown_names_each_runs_own_command(tmp_path, monkeypatch):
+    mod, path = load_bench(), results(tmp_path)
+    disk = json.loads(path.read_text())
+    disk["command"] = "a mix of every process that wrote the file"
+    for name, rec in disk["runs"].items():
+        rec["command"] = f"python benchmarks/gan.py --configs {name}"
+    path.write_text(json.dumps(disk))
+    monkeypatch.setattr(mod, "inception_fid", lambda a, data, run, name: {"value": 4.0})
+    fid_only(mod, tmp_path, monkeypatch)
+    head = path.with_suffix(".md").read_text().split("\n\n")[0]
+    assert "- ns-ema: `python benchmarks/gan.py --configs ns-ema`" in head
+    assert "- r3: `python benchmarks/gan.py --configs r3`" in head
+    assert "a mix" not in head
