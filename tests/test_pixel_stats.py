@@ -1,0 +1,37 @@
+"""benchmarks/pixel_stats.py: the pixel statistics on an image small enough to count by hand."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("pixel_stats", ROOT / "benchmarks" / "pixel_stats.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_stats_of_a_two_by_two_image():
+    s = load_script().stats(torch.tensor([[[[0.0, 0.05], [0.5, 1.0]]]]))
+    # uint8 first: 0, 13, 128, 255 (/255); ink > 0.5: two; faint (0, 0.1]: one; lit > 0.1: two, one of them grey.
+    assert s["ink_share"] == 0.5
+    assert s["faint_share"] == 0.25
+    assert s["grey_share_of_lit"] == 0.5
+    # |13 - 0|, |255 - 128| across; |128 - 0|, |255 - 13| down: (13 + 127 + 128 + 242) / 4 / 255
+    assert s["edge_strength"] == pytest.approx(510 / 4 / 255, abs=1e-4)
+    assert sum(s["histogram"]) == pytest.approx(1.0)
+
+
+def test_a_folder_that_is_not_a_run_fails_before_any_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["pixel_stats.py", "--runs", str(tmp_path), "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit):
+        load_script().main()
+    assert "is not a run folder" in capsys.readouterr().err
+    assert not (tmp_path / "o.json").exists()
