@@ -35,3 +35,22 @@ def test_a_folder_that_is_not_a_run_fails_before_any_work(tmp_path, monkeypatch,
         load_script().main()
     assert "is not a run folder" in capsys.readouterr().err
     assert not (tmp_path / "o.json").exists()
+
+
+def test_faint_fid_scores_the_samples_as_generated_then_with_faint_pixels_zeroed(monkeypatch):
+    from types import SimpleNamespace
+
+    from dgm.metrics import fid
+    seen = []
+    monkeypatch.setattr(fid, "load_inception", lambda precision: "ext")
+    monkeypatch.setattr(fid, "reference_stats", lambda *a, **k: {"mu": 0, "sigma": 0})
+    monkeypatch.setattr(fid, "features", lambda imgs, ext, bs, progress: seen.append(imgs.clone()) or imgs)
+    monkeypatch.setattr(fid, "feature_stats", lambda f: (f.float().mean(), 0))
+    monkeypatch.setattr(fid, "frechet_distance", lambda mu, sigma, m, s: float(m))
+    x = torch.tensor([0, 10, 25, 26, 200, 255], dtype=torch.uint8).view(1, 1, 2, 3)
+    res = load_script().faint_fid(SimpleNamespace(data="mnist", data_dir=None), x)
+    assert torch.equal(seen[0], x)
+    assert seen[1].flatten().tolist() == [0, 0, 0, 26, 200, 255]
+    assert res["as_generated"] == pytest.approx(x.float().mean().item(), abs=1e-3)
+    assert res["faint_zeroed"] == pytest.approx((26 + 200 + 255) / 6, abs=1e-3)
+    assert res["n"] == 1
