@@ -260,6 +260,8 @@ def main():
         return
     if a.speed:
         return speed(a.batch_size, a.width, rows=a.speed_rows, precisions=a.speed_precisions)
+    if a.fid_milestones and not a.fid_only:
+        raise SystemExit("--fid-milestones goes with --fid-only (it picks which deferred milestones to score)")
     if 0 < a.fid_n <= 2048 or 0 < a.fid_ref_n <= 2048:
         raise SystemExit("Inception FID needs more than 2048 samples per set (a full-rank 2048-d covariance)")
     for name in [] if a.fid_only else a.configs.split(","):
@@ -299,6 +301,12 @@ def run_dataset(a, data: str) -> None:
         out["runs"] = prev["runs"]
         out["command"] = prev["command"] + " ; then " + out["command"] + " --continue"
 
+    if a.fid_milestones:  # a milestone no run has would score nothing, silently
+        have = {k for r in out["runs"].values() for k in r.get("milestones", {})}
+        unknown = sorted(set(a.fid_milestones.split(",")) - have)
+        if unknown:
+            raise SystemExit(f"--fid-milestones {','.join(unknown)}: {json_path} has milestones "
+                             f"{','.join(sorted(have, key=float)) or 'none'}")
     owned = [] if a.fid_only else a.configs.split(",")  # the runs this process trains; the file may hold others
 
     def save(update=None):

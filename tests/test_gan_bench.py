@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -142,3 +144,12 @@ def test_the_markdown_names_each_runs_own_command(tmp_path, monkeypatch):
     assert "- ns-ema: `python benchmarks/gan.py --configs ns-ema`" in head
     assert "- r3: `python benchmarks/gan.py --configs r3`" in head
     assert "a mix" not in head
+
+
+def test_a_milestone_no_run_has_is_refused_before_any_scoring(tmp_path, monkeypatch):
+    mod, path = load_bench(), results(tmp_path)
+    before = path.read_text()
+    monkeypatch.setattr(mod, "inception_fid", lambda *a: pytest.fail("scored a snapshot"))
+    with pytest.raises(SystemExit, match="--fid-milestones 95: .* has milestones 30"):
+        fid_only(mod, tmp_path, monkeypatch, "--fid-milestones", "95")
+    assert path.read_text() == before
