@@ -17,6 +17,20 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture
+def bench_script():
+    """Import a script under benchmarks/ by its path (they are scripts, not a package): bench_script("gan.py")."""
+    import importlib.util
+
+    def load(rel: str):
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / rel
+        spec = importlib.util.spec_from_file_location(f"bench_{path.stem}", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    return load
+
+
 @pytest.fixture(autouse=True)
 def _isolated_data_root(tmp_path_factory, monkeypatch):
     """Never write into ~/.cache/dgm from tests."""

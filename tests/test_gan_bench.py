@@ -2,21 +2,10 @@
 from __future__ import annotations
 
 import fcntl
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("gan_bench", ROOT / "benchmarks" / "gan.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def results(tmp_path):
@@ -40,8 +29,9 @@ def fid_only(mod, tmp_path, monkeypatch, *extra):
     mod.main()
 
 
-def test_fid_only_skips_a_snapshot_another_process_holds_and_keeps_its_result(tmp_path, monkeypatch):
-    mod, path = load_bench(), results(tmp_path)
+def test_fid_only_skips_a_snapshot_another_process_holds_and_keeps_its_result(bench_script, tmp_path,
+                                                                              monkeypatch):
+    mod, path = bench_script("gan.py"), results(tmp_path)
     scored = []
 
     def fake_fid(a, data, run, name):
@@ -64,8 +54,9 @@ def test_fid_only_skips_a_snapshot_another_process_holds_and_keeps_its_result(tm
     assert "| r3 | 30 (30.00) | 10 | 5.00 (10000)" in path.with_suffix(".md").read_text()
 
 
-def test_fid_only_does_not_rescore_what_another_process_finished_after_it_started(tmp_path, monkeypatch):
-    mod, path = load_bench(), results(tmp_path)
+def test_fid_only_does_not_rescore_what_another_process_finished_after_it_started(bench_script, tmp_path,
+                                                                                 monkeypatch):
+    mod, path = bench_script("gan.py"), results(tmp_path)
     scored = []
 
     def fake_fid(a, data, run, name):
@@ -84,13 +75,13 @@ def test_fid_only_does_not_rescore_what_another_process_finished_after_it_starte
     assert runs["ns-ema"]["inception_fid"]["value"] == 8.0
 
 
-def test_curve_plot_draws_every_run_and_the_earlier_file(tmp_path, monkeypatch):
+def test_curve_plot_draws_every_run_and_the_earlier_file(bench_script, tmp_path, monkeypatch):
     """The curve plot has one line per config and file on the left (domain FID per chunk) and one per config and
     file with a scored milestone on the right (Inception FID); runs without points are left out, not drawn empty."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    mod = load_bench()
+    mod = bench_script("gan.py")
     path = results(tmp_path)
     res = json.loads(path.read_text())
     res["runs"]["ns-ema"]["curve"] = [{"step": s, "train_s": s, "train_cpu_s": 60.0 * s, "domain_fid": 20.0 / s}
@@ -115,8 +106,8 @@ def test_curve_plot_draws_every_run_and_the_earlier_file(tmp_path, monkeypatch):
     assert right == ["ns-ema", "ns-ema (before)"]
 
 
-def test_fid_only_scores_just_the_milestones_asked_for(tmp_path, monkeypatch):
-    mod, path = load_bench(), results(tmp_path)
+def test_fid_only_scores_just_the_milestones_asked_for(bench_script, tmp_path, monkeypatch):
+    mod, path = bench_script("gan.py"), results(tmp_path)
     disk = json.loads(path.read_text())
     for name, rec in disk["runs"].items():
         snap = tmp_path / "runs" / f"digits_t_{name}@90cpumin"
@@ -131,8 +122,8 @@ def test_fid_only_scores_just_the_milestones_asked_for(tmp_path, monkeypatch):
     assert all("inception_fid" not in r["milestones"]["30"] for r in runs.values())
 
 
-def test_the_markdown_names_each_runs_own_command(tmp_path, monkeypatch):
-    mod, path = load_bench(), results(tmp_path)
+def test_the_markdown_names_each_runs_own_command(bench_script, tmp_path, monkeypatch):
+    mod, path = bench_script("gan.py"), results(tmp_path)
     disk = json.loads(path.read_text())
     disk["command"] = "a mix of every process that wrote the file"
     for name, rec in disk["runs"].items():
@@ -146,8 +137,8 @@ def test_the_markdown_names_each_runs_own_command(tmp_path, monkeypatch):
     assert "a mix" not in head
 
 
-def test_a_milestone_no_run_has_is_refused_before_any_scoring(tmp_path, monkeypatch):
-    mod, path = load_bench(), results(tmp_path)
+def test_a_milestone_no_run_has_is_refused_before_any_scoring(bench_script, tmp_path, monkeypatch):
+    mod, path = bench_script("gan.py"), results(tmp_path)
     before = path.read_text()
     monkeypatch.setattr(mod, "inception_fid", lambda *a: pytest.fail("scored a snapshot"))
     with pytest.raises(SystemExit, match="--fid-milestones 95: .* has milestones 30"):

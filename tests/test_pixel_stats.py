@@ -1,25 +1,14 @@
 """benchmarks/pixel_stats.py: the pixel statistics on an image small enough to count by hand."""
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("pixel_stats", ROOT / "benchmarks" / "pixel_stats.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_stats_of_a_two_by_two_image():
-    s = load_script().stats(torch.tensor([[[[0.0, 0.05], [0.5, 1.0]]]]))
+def test_stats_of_a_two_by_two_image(bench_script):
+    s = bench_script("pixel_stats.py").stats(torch.tensor([[[[0.0, 0.05], [0.5, 1.0]]]]))
     # uint8 first: 0, 13, 128, 255 (/255); ink > 0.5: two; faint (0, 0.1]: one; lit > 0.1: two, one of them grey.
     assert s["ink_share"] == 0.5
     assert s["faint_share"] == 0.25
@@ -29,15 +18,16 @@ def test_stats_of_a_two_by_two_image():
     assert sum(s["histogram"]) == pytest.approx(1.0)
 
 
-def test_a_folder_that_is_not_a_run_fails_before_any_work(tmp_path, monkeypatch, capsys):
+def test_a_folder_that_is_not_a_run_fails_before_any_work(bench_script, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["pixel_stats.py", "--runs", str(tmp_path), "--out", str(tmp_path / "o")])
     with pytest.raises(SystemExit):
-        load_script().main()
+        bench_script("pixel_stats.py").main()
     assert "is not a run folder" in capsys.readouterr().err
     assert not (tmp_path / "o.json").exists()
 
 
-def test_faint_fid_scores_the_samples_as_generated_then_with_faint_pixels_zeroed(monkeypatch):
+def test_faint_fid_scores_the_samples_as_generated_then_with_faint_pixels_zeroed(bench_script,
+                                                                                   monkeypatch):
     from types import SimpleNamespace
 
     from dgm.metrics import fid
@@ -48,7 +38,7 @@ def test_faint_fid_scores_the_samples_as_generated_then_with_faint_pixels_zeroed
     monkeypatch.setattr(fid, "feature_stats", lambda f: (f.float().mean(), 0))
     monkeypatch.setattr(fid, "frechet_distance", lambda mu, sigma, m, s: float(m))
     x = torch.tensor([0, 10, 25, 26, 200, 255], dtype=torch.uint8).view(1, 1, 2, 3)
-    res = load_script().faint_fid(SimpleNamespace(data="mnist", data_dir=None), x)
+    res = bench_script("pixel_stats.py").faint_fid(SimpleNamespace(data="mnist", data_dir=None), x)
     assert torch.equal(seen[0], x)
     assert seen[1].flatten().tolist() == [0, 0, 0, 26, 200, 255]
     assert res["as_generated"] == pytest.approx(x.float().mean().item(), abs=1e-3)
